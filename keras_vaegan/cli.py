@@ -1,0 +1,193 @@
+"""``python cli.py ...``: a thin click layer over functions you can call from Python.
+
+Errors a user can fix print one line, ``error: <path>: <reason>``, and exit
+with code 2 (``KERAS_VAEGAN_DEBUG=1`` shows the traceback instead). Heavy
+imports (Keras, TensorFlow) happen inside the commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sys
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what TensorFlow's C++ runtime prints at import (absl/oneDNN banners).
+
+    Those lines are written to file descriptor 2 before logging is set up,
+    so TF_CPP_MIN_LOG_LEVEL cannot stop them. Python errors still show:
+    they are raised after the descriptor is restored.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_backends() -> None:
+    with _native_stderr_silenced():
+        import tensorflow  # noqa: F401  (the data pipeline always uses it)
+        import keras  # noqa: F401
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def user_errors(command):
+    """Turn VAEGANError (and an unwritable output) into one line and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from keras_vaegan.errors import VAEGANError
+
+        if os.environ.get("KERAS_VAEGAN_DEBUG") == "1":
+            return command(*args, **kwargs)
+        _import_backends()
+        try:
+            return command(*args, **kwargs)
+        except VAEGANError as err:
+            _fail(str(err))
+        except PermissionError as err:
+            _fail(f"{err.filename}: permission denied")
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="keras-vaegan")
+def main() -> None:
+    """keras-vaegan: synthetic CT from MRI (and MRI from CT) learned from unpaired scans.
+
+    The backend is Keras's: KERAS_BACKEND=tensorflow|jax|torch python cli.py fit ...
+    """
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    overrides = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--set")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def build_config(config_file: str | None, run_config: str | None, overrides: dict):
+    """Defaults <- run's config.json (resume) <- --config FILE <- explicit options."""
+    from keras_vaegan.config import Config
+
+    values = Config().to_dict()
+    for path in (run_config, config_file):
+        if path:
+            values.update(Config.load(path).to_dict())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config.from_dict(values, source="command line")
+
+
+@main.command()
+@click.option("--data", "data_root", type=click.Path(), help="Folder with subfolders mri|mr|trainA and ct|trainB (any case).")
+@click.option("--mri-dir", type=click.Path(), help="Folder (searched recursively) of MRI slices.")
+@click.option("--ct-dir", type=click.Path(), help="Folder (searched recursively) of CT slices.")
+@click.option("--image-size", type=int, help="Side of the random training crops in pixels (default 64).")
+@click.option("--epochs", type=int, help="Number of epochs (default 10).")
+@click.option("--steps-per-epoch", type=int, help="Training steps per epoch (default 50).")
+@click.option("--batch-size", type=int, help="Images per step (default 4).")
+@click.option("--output", type=click.Path(), help="Run folder (default savedmodels/run-<date>-<time>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last complete epoch.")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--config", "config_file", type=click.Path(), help="JSON file of settings (keys of keras_vaegan.config.Config).")
+@click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set beta_kl=0.01 (repeatable).")
+@click.option("--mixed-precision", type=click.Choice(["auto", "off", "float16", "bfloat16"]), help="Compute precision (default off).")
+@click.option("--strategy", type=click.Choice(["auto", "none", "mirrored", "multiworker"]), help="Distribution strategy (default none).")
+@click.option("--validation-data", type=click.Path(), help="Held-out folder (same layout as --data) for validation losses.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_size, output, resume,
+        seed, config_file, set_values, mixed_precision, strategy, validation_data, quiet):
+    """Train a VAE-CycleGAN (on the built-in phantom when no data is given)."""
+    from keras_vaegan.errors import VAEGANError
+
+    if resume and not output:
+        raise VAEGANError(None, "--resume needs --output RUN (the run folder to continue)")
+    overrides = _parse_set(set_values)
+    overrides.update(image_size=image_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                     batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
+                     strategy=strategy)
+    run_config = os.path.join(output, "config.json") if resume and output else None
+    if run_config and not os.path.exists(run_config):
+        raise VAEGANError(output, "nothing to resume: no config.json in this folder")
+    config = build_config(config_file, run_config, overrides)
+    if config.strategy not in ("none", "auto"):
+        raise VAEGANError(None, f"--strategy {config.strategy} is not supported yet; use none")
+    from keras_vaegan.training.fit import fit as run_fit
+
+    run = run_fit(config, output=output, data_root=data_root, mri_dir=mri_dir, ct_dir=ct_dir,
+                  resume=resume, validation_data=validation_data, verbose=0 if quiet else "auto")
+    click.echo(f"run saved in {run}")
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(), help="Slice file or folder (searched recursively).")
+@click.option("--output", "output_dir", required=True, type=click.Path(), help="Folder for the translated slices.")
+@click.option("--model", "model_path", type=click.Path(), help="Run folder (default: newest run under savedmodels/).")
+@click.option("--direction", type=click.Choice(["mri2ct", "ct2mri"]), default="mri2ct", show_default=True, help="Translation direction.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Latent draws; >1 writes the mean and a *_std uncertainty map.")
+@click.option("--format", "fmt", type=click.Choice(["same", "png", "npy"]), default="same", show_default=True, help="Output file format.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
+@user_errors
+def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_size):
+    """Translate slices at native resolution (MRI -> synthetic CT in HU by default)."""
+    from keras_vaegan.inference.predict import predict as run_predict
+
+    written = run_predict(input_path, output_dir, run=model_path, direction=direction,
+                          samples=samples, fmt=fmt, batch_size=batch_size, progress=True)
+    click.echo(f"wrote {len(written)} files to {output_dir}")
+
+
+@main.command()
+@click.argument("out", type=click.Path())
+@click.option("--count", type=click.IntRange(min=1), help="Number of slices (spread over subjects of --slices each).")
+@click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True, help="Number of subjects.")
+@click.option("--slices", type=click.IntRange(min=1), default=8, show_default=True, help="Axial slices per subject.")
+@click.option("--size", type=click.IntRange(min=16), default=64, show_default=True, help="Slice side in pixels.")
+@click.option("--format", "fmt", type=click.Choice(["png", "tif", "npy", "nii"]), default="png", show_default=True, help="png/tif/npy slices, or nii volumes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same phantom).")
+@user_errors
+def phantom(out, count, subjects, slices, size, fmt, seed):
+    """Write paired phantom head MRI/CT (HU)/mask data to OUT."""
+    from keras_vaegan.data.phantom import write_phantom
+
+    if count is not None:
+        subjects = -(-count // slices)
+    written = write_phantom(out, subjects=subjects, slices=slices, size=size, fmt=fmt, seed=seed)
+    click.echo(f"wrote {len(written)} files to {out}")
+
+
+if __name__ == "__main__":
+    main()

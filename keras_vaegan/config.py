@@ -1,0 +1,240 @@
+"""Every setting of a run in one dataclass, with JSON load/save and validation.
+
+A run directory keeps its ``config.json``; ``predict`` and ``--resume`` read
+it back, so the model, the units and the schedule are rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+
+from keras_vaegan.errors import VAEGANError
+
+ADVERSARIAL_LOSSES = ("lsgan", "bce")
+UPSAMPLING_MODES = ("bilinear", "nearest", "transpose")
+MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+
+
+@dataclass
+class Config:
+    """All settings of a VAE-CycleGAN run. Defaults train on the phantom in minutes."""
+
+    # --- data -----------------------------------------------------------------
+    image_size: int = 64  # training crop side in pixels (native resolution)
+    batch_size: int = 4
+    ct_window_hu: tuple[float, float] = (-1024.0, 3071.0)  # HU mapped to [-1, 1]
+    mri_percentiles: tuple[float, float] = (0.5, 99.5)  # robust MRI range -> [-1, 1]
+    phantom_subjects: int = 24  # default dataset when no data is given
+    phantom_slices: int = 8  # slices per phantom subject
+    phantom_size: int = 64  # phantom slice side in pixels
+    shuffle_buffer: int = 512
+    # --- augmentation (keras-cv) -----------------------------------------------
+    augment: bool = True
+    augment_copies: int = 0  # >0: the seed's "N fixed augmented copies per sample"
+    flip: bool = True  # horizontal (left-right) flips
+    rotation_deg: float = 5.0
+    zoom: float = 0.1  # relative zoom range (+-)
+    translation: float = 0.05  # relative shift range (+-)
+    mri_intensity_jitter: float = 0.1  # MRI contrast/brightness jitter (+-)
+    # --- generator (VAE encoder-decoder) ---------------------------------------
+    gen_filters: int = 32  # filters of the first encoder stage
+    latent_downsample: int = 4  # latent is 1/latent_downsample of the image side
+    gen_res_blocks: int = 4  # residual blocks in the encoder and again in the decoder
+    latent_channels: int = 64
+    skip_connections: bool = False  # U-Net skips around the latent (lets G ignore z)
+    upsampling: str = "bilinear"  # bilinear | nearest | transpose
+    # --- discriminator (deep multi-output PatchGAN) -----------------------------
+    disc_filters: tuple[int, ...] = (64, 128, 256, 512, 512)
+    disc_heads: int = 3  # real/fake heads after the last K blocks
+    disc_head_weights: tuple[float, ...] | None = None  # None: equal weights
+    disc_min_map_size: int = 4  # stop striding below this feature-map side
+    # --- objective ----------------------------------------------------------------
+    adversarial_loss: str = "lsgan"  # lsgan | bce
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5  # times lambda_cycle, as in CycleGAN
+    beta_kl: float = 1e-3
+    pool_size: int = 50
+    # --- optimisation -------------------------------------------------------------
+    learning_rate_g: float = 2e-4
+    learning_rate_d: float = 2e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    decay_start: float = 0.5  # fraction of all steps after which the LR decays to 0
+    # --- run ----------------------------------------------------------------------
+    seed: int = 0
+    mixed_precision: str = "off"
+    strategy: str = "none"
+    jit_compile: bool = False
+    snapshot_count: int = 4  # images in each snapshot grid
+    # --- units recorded by the data loader (so predict inverts them exactly) ---
+    mri_units: str = "percentile"  # percentile | uint8
+    ct_units: str = "hu"  # hu | uint8
+    mri_reference_range: tuple[float, float] = (0.0, 1000.0)  # typical MRI percentile range,
+    # used to write synthetic MRI (ct2mri) in the training set's intensity scale
+
+    # ---------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_weights(self) -> tuple[float, ...]:
+        """Weights of the discriminator heads, deepest last."""
+        if self.disc_head_weights is None:
+            return tuple(1.0 / self.disc_heads for _ in range(self.disc_heads))
+        return tuple(float(w) for w in self.disc_head_weights)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def validate(self) -> None:
+        """Raise VAEGANError naming the first setting that is out of range."""
+
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise VAEGANError(None, f"config key '{key}': {why}")
+
+        for key in ("image_size", "batch_size", "gen_filters", "latent_channels",
+                    "epochs", "steps_per_epoch", "phantom_subjects",
+                    "phantom_slices", "phantom_size", "disc_heads",
+                    "disc_min_map_size", "shuffle_buffer", "snapshot_count"):
+            need(getattr(self, key) >= 1, key, "must be >= 1")
+        for key in ("gen_res_blocks", "pool_size", "augment_copies", "seed"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(self.image_size >= 16, "image_size", "must be >= 16 pixels")
+        ld = self.latent_downsample
+        need(ld >= 1 and (ld & (ld - 1)) == 0, "latent_downsample", "must be a power of two")
+        need(self.image_size % ld == 0, "image_size",
+             f"must be a multiple of latent_downsample ({ld})")
+        lo, hi = self.ct_window_hu
+        need(lo < hi, "ct_window_hu", "low must be below high")
+        plo, phi = self.mri_percentiles
+        need(0 <= plo < phi <= 100, "mri_percentiles", "need 0 <= low < high <= 100")
+        need(len(self.disc_filters) >= 1, "disc_filters", "needs at least one block")
+        need(self.disc_heads <= len(self.disc_filters), "disc_heads",
+             f"at most len(disc_filters) = {len(self.disc_filters)}")
+        if self.disc_head_weights is not None:
+            need(len(self.disc_head_weights) == self.disc_heads, "disc_head_weights",
+                 f"needs {self.disc_heads} values (one per head)")
+            need(all(w >= 0 for w in self.disc_head_weights) and sum(self.disc_head_weights) > 0,
+                 "disc_head_weights", "must be >= 0 and not all zero")
+        need(self.adversarial_loss in ADVERSARIAL_LOSSES, "adversarial_loss",
+             f"one of {', '.join(ADVERSARIAL_LOSSES)}")
+        need(self.upsampling in UPSAMPLING_MODES, "upsampling",
+             f"one of {', '.join(UPSAMPLING_MODES)}")
+        need(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
+             f"one of {', '.join(MIXED_PRECISION)}")
+        need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+        for key in ("lambda_cycle", "lambda_identity", "beta_kl", "rotation_deg",
+                    "zoom", "translation", "mri_intensity_jitter"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        for key in ("learning_rate_g", "learning_rate_d"):
+            need(getattr(self, key) > 0, key, "must be > 0")
+        for key in ("beta_1", "beta_2", "decay_start"):
+            need(0 <= getattr(self, key) <= 1, key, "must be between 0 and 1")
+        need(self.zoom < 1 and self.translation < 1, "zoom",
+             "zoom and translation must be below 1")
+        need(self.mri_units in ("percentile", "uint8"), "mri_units", "percentile or uint8")
+        need(self.ct_units in ("hu", "uint8"), "ct_units", "hu or uint8")
+
+    # --- (de)serialisation ---------------------------------------------------
+    def to_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str | None = None) -> "Config":
+        """Build a Config, refusing unknown keys and values of the wrong type."""
+        if not isinstance(values, dict):
+            raise VAEGANError(source, "config must be a JSON object")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise VAEGANError(source, f"unknown config key '{key}'")
+            kwargs[key] = _coerce(key, value, hints[key], source)
+        try:
+            return cls(**kwargs)
+        except VAEGANError as err:
+            raise VAEGANError(source, err.reason) from None
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some settings changed (validated, types coerced)."""
+        values = self.to_dict()
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return Config.from_dict(values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from keras_vaegan.data.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Config":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except FileNotFoundError:
+            raise VAEGANError(path, "config file not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise VAEGANError(path, f"not a readable JSON config ({err})") from None
+        return cls.from_dict(values, source=path)
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _coerce(key: str, value, hint, source):
+    """Check a JSON value against the field's type hint; tuples come as lists."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    wrong = VAEGANError(source, f"config key '{key}': wrong type {type(value).__name__} "
+                                f"({value!r}), expected {_hint_name(hint)}")
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0], source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0], source) for v in value)
+        if len(value) != len(args):
+            raise wrong
+        return tuple(_coerce(key, v, a, source) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise wrong
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    return value
+
+
+def _hint_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+

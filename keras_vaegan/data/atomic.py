@@ -1,0 +1,70 @@
+"""Write files so that a reader never sees half of one: temp name, then rename.
+
+The temporary file lives in the destination folder, so the final
+``os.replace`` is atomic on every local filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+from keras_vaegan.errors import VAEGANError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    ``suffix`` keeps the extension libraries look at (``.png``, ``.nii.gz``).
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if suffix is None:
+        suffix = _full_suffix(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    except OSError as err:
+        raise VAEGANError(path, f"cannot write here ({err.strerror or err})") from None
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _DEFAULT_MODE & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+_DEFAULT_MODE = 0o666  # what open() would give; mkstemp's 0600 is too private
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _full_suffix(path: str) -> str:
+    name = os.path.basename(path).lower()
+    for double in (".nii.gz", ".weights.h5", ".tar.gz"):
+        if name.endswith(double):
+            return double
+    return os.path.splitext(name)[1]

@@ -1,0 +1,371 @@
+"""Deterministic synthetic head phantom: paired T1-like MRI and CT (HU) slices.
+
+The default dataset when no data is given and the data the tests use. Each
+subject (one seed) is a stack of axial slices through a head: skin,
+subcutaneous fat, a skull of cortical outer and inner tables with fatty
+marrow (diploe) between them, CSF, grey and white matter, deep grey nuclei,
+lateral ventricles, occasional lesions, frontal sinuses and, in the lowest
+slices, the face with maxillary sinuses and the nasal cavity. Shapes change
+smoothly from slice to slice.
+
+The MRI is T1-like: fat bright, white matter brighter than grey matter, CSF
+dark, cortical bone and air both near 0 while marrow is medium-bright. That
+bone and air look alike in MRI but not in CT is what makes MRI -> CT hard.
+The MRI carries a smooth multiplicative bias field and Rician noise; the CT
+carries gaussian noise. Tissue boundaries are rendered at twice the
+resolution and averaged (partial volume), then blurred slightly.
+
+Geometry is defined on a normalised field of view [-1, 1]^2, so a subject
+rendered at 64 or 128 pixels is the same head.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_vaegan.errors import VAEGANError
+
+# tissue labels ------------------------------------------------------------------
+AIR, SKIN, FAT, CORTICAL_BONE, MARROW, CSF, GREY_MATTER, WHITE_MATTER, LESION, \
+    SOFT_TISSUE, SINUS_AIR = range(11)
+TISSUES = {
+    "air": AIR, "skin": SKIN, "fat": FAT, "cortical_bone": CORTICAL_BONE, "marrow": MARROW,
+    "csf": CSF, "grey_matter": GREY_MATTER, "white_matter": WHITE_MATTER, "lesion": LESION,
+    "soft_tissue": SOFT_TISSUE, "sinus_air": SINUS_AIR,
+}
+CT_RANGE_HU = (-1024.0, 3071.0)
+_SUPERSAMPLE = 2
+_HEAD_HEIGHT = 1.5  # head height along the slice axis, in half-field-of-view units
+
+
+@dataclass
+class PhantomSubject:
+    """One phantom head: paired MRI and CT volumes [slices, size, size]."""
+
+    mri: np.ndarray  # float32, T1-like intensities, roughly 0..1000
+    ct: np.ndarray  # float32, Hounsfield units
+    mask: np.ndarray  # uint8, 1 inside the head (body mask)
+    labels: np.ndarray  # uint8 tissue label per pixel (see TISSUES)
+    seed: int
+
+
+def subject_seed(seed: int, index: int) -> int:
+    """The seed of subject ``index`` in a dataset drawn with ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def make_subject(seed: int, size: int = 64, slices: int = 8) -> PhantomSubject:
+    """One phantom head of ``slices`` axial slices of ``size`` x ``size`` pixels."""
+    size, slices = int(size), int(slices)
+    if size < 16:
+        raise VAEGANError(None, f"phantom size must be at least 16 pixels, got {size}")
+    if slices < 1:
+        raise VAEGANError(None, f"phantom needs at least one slice, got {slices}")
+    rng = np.random.default_rng(int(seed))
+    anatomy = _draw_anatomy(rng, slices)
+    contrast = _draw_contrast(rng)
+
+    fine = size * _SUPERSAMPLE
+    labels_fine = _label_volume(anatomy, fine)
+    labels = _mode_downsample(labels_fine)
+    ct_clean = _downsample(contrast["ct"][labels_fine])
+    mri_clean = _downsample(contrast["mri"][labels_fine])
+    head_fraction = _downsample((labels_fine != AIR).astype(np.float32))
+    mask = (head_fraction >= 0.5).astype(np.uint8)
+
+    ct = _blur(ct_clean, 0.45) + rng.normal(0.0, contrast["ct_noise"], ct_clean.shape)
+    ct = np.clip(ct, *CT_RANGE_HU).astype(np.float32)
+
+    mri = _blur(mri_clean, 0.5) * _bias_field(rng, anatomy["t"], size)
+    sigma = contrast["mri_noise"]
+    real = mri + rng.normal(0.0, sigma, mri.shape)
+    imag = rng.normal(0.0, sigma, mri.shape)
+    mri = np.sqrt(real * real + imag * imag).astype(np.float32)  # Rician magnitude
+    return PhantomSubject(mri=mri, ct=ct, mask=mask, labels=labels, seed=int(seed))
+
+
+def make_slices(count: int, size: int = 64, seed: int = 0,
+                slices_per_subject: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` paired slices (mri, ct, mask), each [count, size, size], from as many subjects as needed."""
+    count, slices_per_subject = int(count), int(slices_per_subject)
+    if count < 1:
+        raise VAEGANError(None, f"phantom slice count must be >= 1, got {count}")
+    if slices_per_subject < 1:
+        raise VAEGANError(None, f"phantom slices per subject must be >= 1, got {slices_per_subject}")
+    subjects = -(-count // slices_per_subject)
+    drawn = [make_subject(subject_seed(seed, i), size, slices_per_subject) for i in range(subjects)]
+    mri = np.concatenate([s.mri for s in drawn])[:count]
+    ct = np.concatenate([s.ct for s in drawn])[:count]
+    mask = np.concatenate([s.mask for s in drawn])[:count]
+    return mri, ct, mask
+
+
+def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: int,
+                  fmt: str = "png", seed: int = 0) -> list[str]:
+    """Write a phantom dataset; returns the paths written.
+
+    Slice formats (png, tif, npy): ``out_dir/{mri,ct,mask}/<subject>_<slice>.<fmt>``,
+    CT as HU + 1024 in 16-bit PNG/TIFF (HU in .npy), MRI intensities as 16-bit
+    PNG/TIFF, mask 0/255 8-bit. ``nii``: ``out_dir/<subject>/{mri,ct,mask}.nii.gz``
+    with one affine (1 mm voxels), data stored as [column, row, slice].
+    """
+    from keras_vaegan.data.writers import write_slice
+
+    out_dir = os.fspath(out_dir)
+    fmt = str(fmt).lower().lstrip(".")
+    if fmt not in ("png", "tif", "tiff", "npy", "nii", "nii.gz"):
+        raise VAEGANError(None, f"phantom format must be png, tif, npy or nii, got '{fmt}'")
+    if int(subjects) < 1:
+        raise VAEGANError(None, f"phantom subjects must be >= 1, got {subjects}")
+    written: list[str] = []
+    for index in range(int(subjects)):
+        subject = make_subject(subject_seed(seed, index), size, slices)
+        if fmt in ("nii", "nii.gz"):
+            written.extend(_write_nifti_subject(os.path.join(out_dir, f"{index:03d}"), subject))
+            continue
+        for k in range(subject.mri.shape[0]):
+            name = f"{index:03d}_{k:03d}.{fmt}"
+            for folder, image, units, modality in (
+                    ("mri", subject.mri[k], "percentile", "mri"),
+                    ("ct", subject.ct[k], "hu", "ct"),
+                    ("mask", subject.mask[k] * 255.0, "uint8", "mri")):
+                path = os.path.join(out_dir, folder, name)
+                write_slice(path, image, units, modality)
+                written.append(path)
+    return written
+
+
+def _write_nifti_subject(folder: str, subject: PhantomSubject) -> list[str]:
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise VAEGANError(None, "NIfTI output needs nibabel: pip install 'keras-vaegan[medical]'") \
+            from None
+    from keras_vaegan.data.atomic import atomic_path
+
+    affine = np.eye(4)
+    written = []
+    for name, volume, dtype in (("mri", subject.mri, np.float32), ("ct", subject.ct, np.float32),
+                                ("mask", subject.mask, np.uint8)):
+        data = np.ascontiguousarray(np.transpose(volume, (2, 1, 0)).astype(dtype))
+        image = nib.Nifti1Image(data, affine)
+        image.header.set_xyzt_units("mm")
+        image.header.set_qform(affine, code=1)
+        image.header.set_sform(affine, code=1)
+        path = os.path.join(folder, f"{name}.nii.gz")
+        with atomic_path(path, suffix=".nii.gz") as tmp:
+            try:
+                nib.save(image, tmp)
+            except OSError as err:
+                raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None
+        written.append(path)
+    return written
+
+
+# --- anatomy ------------------------------------------------------------------------
+
+
+def _draw_anatomy(rng: np.random.Generator, slices: int) -> dict:
+    """Per-subject shape parameters, and the axial position t in [0, 1] of each slice."""
+    if slices == 1:
+        t = np.array([rng.uniform(0.35, 0.6)])
+    else:
+        t = np.linspace(rng.uniform(0.0, 0.1), rng.uniform(0.8, 0.92), slices)
+    lesions = []
+    for _ in range(rng.choice([0, 0, 1, 1, 2])):
+        lesions.append({
+            "x": rng.uniform(-0.35, 0.35), "y": rng.uniform(-0.4, 0.45),
+            "z": rng.uniform(0.3, 0.85) * _HEAD_HEIGHT, "r": rng.uniform(0.05, 0.11),
+        })
+    return {
+        "t": t,
+        "axis_x": rng.uniform(0.64, 0.76), "axis_y": rng.uniform(0.80, 0.89),
+        "angle": rng.uniform(-0.17, 0.17),
+        "offset": rng.uniform(-0.04, 0.04, size=2),
+        "skin": rng.uniform(0.018, 0.026), "fat": rng.uniform(0.025, 0.045),
+        "skull": rng.uniform(0.12, 0.15), "skull_phase": rng.uniform(0, 2 * np.pi),
+        "diploe_fraction": rng.uniform(0.4, 0.55),
+        "csf_rim": rng.uniform(0.015, 0.03), "cortex": rng.uniform(0.06, 0.09),
+        "gyri": rng.integers(9, 15), "gyri_phase": rng.uniform(0, 2 * np.pi),
+        "ventricles": rng.uniform(0.75, 1.4), "ventricle_spread": rng.uniform(0.07, 0.11),
+        "frontal_sinus": rng.uniform(0.22, 0.36), "frontal_sinus_size": rng.uniform(0.7, 1.2),
+        "face_top": rng.uniform(0.14, 0.2),
+        "lesions": lesions,
+    }
+
+
+def _draw_contrast(rng: np.random.Generator) -> dict:
+    """Per-subject tissue values: CT in HU, MRI in T1-like intensities (lookup by label)."""
+    ct = np.zeros(len(TISSUES), np.float32)
+    mri = np.zeros(len(TISSUES), np.float32)
+    jitter = lambda value, rel: value * rng.uniform(1 - rel, 1 + rel)  # noqa: E731
+    lesion_bright = rng.random() < 0.5
+    ct[AIR], mri[AIR] = -1000.0, 0.0
+    ct[SINUS_AIR], mri[SINUS_AIR] = -1000.0, 0.0
+    ct[SKIN], mri[SKIN] = rng.uniform(30, 60), jitter(480, 0.1)
+    ct[FAT], mri[FAT] = rng.uniform(-120, -80), jitter(900, 0.06)
+    ct[CORTICAL_BONE], mri[CORTICAL_BONE] = rng.uniform(1100, 1500), jitter(25, 0.3)
+    ct[MARROW], mri[MARROW] = rng.uniform(350, 600), jitter(620, 0.1)
+    ct[CSF], mri[CSF] = rng.uniform(2, 10), jitter(90, 0.2)
+    ct[GREY_MATTER], mri[GREY_MATTER] = rng.uniform(36, 44), jitter(370, 0.06)
+    ct[WHITE_MATTER], mri[WHITE_MATTER] = rng.uniform(24, 31), jitter(520, 0.06)
+    ct[SOFT_TISSUE], mri[SOFT_TISSUE] = rng.uniform(45, 60), jitter(330, 0.1)
+    if lesion_bright:  # haemorrhage-like: hyperdense in CT, bright in T1
+        ct[LESION], mri[LESION] = rng.uniform(60, 75), jitter(700, 0.1)
+    else:  # oedema/infarct-like: hypodense in CT, dark in T1
+        ct[LESION], mri[LESION] = rng.uniform(12, 20), jitter(220, 0.15)
+    gain = rng.uniform(0.85, 1.15)
+    return {"ct": ct, "mri": mri * gain, "ct_noise": rng.uniform(10, 20),
+            "mri_noise": rng.uniform(0.012, 0.022) * 1000 * gain}
+
+
+def _label_volume(a: dict, n: int) -> np.ndarray:
+    """Tissue labels [slices, n, n] at the pixel centres of an n x n grid."""
+    t = a["t"].astype(np.float32)[:, None, None]
+    coords = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
+    gx = coords[None, None, :]
+    gy = coords[None, :, None]
+    # head frame: rotated and shifted; y < 0 is anterior (top of the image)
+    cos, sin = float(np.cos(a["angle"])), float(np.sin(a["angle"]))
+    dx, dy = gx - float(a["offset"][0]), gy - float(a["offset"][1])
+    x = (cos * dx + sin * dy).astype(np.float32)
+    y = (-sin * dx + cos * dy).astype(np.float32)
+
+    scale = np.sqrt(np.clip(1 - ((t - 0.4) / 0.78) ** 2, 0.05, 1))  # smaller towards the vertex
+    ax, ay = a["axis_x"] * scale, a["axis_y"] * scale
+    ay = ay * (1 + 0.06 * (t < 0.3) * (0.3 - t) / 0.3)  # longer face-to-back low down
+    r = np.sqrt((x / ax) ** 2 + (y / ay) ** 2) + 1e-6
+    grad = np.sqrt((x / ax ** 2) ** 2 + (y / ay ** 2) ** 2) / r + 1e-6
+    depth = (1 - r) / grad  # approximate distance inside the head outline
+    theta = np.arctan2(y, x)
+
+    skull = a["skull"] * (0.85 + 0.3 * t) * (1 + 0.15 * np.cos(theta - a["skull_phase"])) \
+        * (1 + 0.12 * np.sin(theta) ** 2 * (y < 0))
+    # diploe is thick front and back, thin at the temples (all cortical there)
+    diploe = skull * a["diploe_fraction"] * np.clip(1.3 * np.sin(theta) ** 2 - 0.15, 0, 1)
+    skin_in = a["skin"]
+    fat_in = skin_in + a["fat"] * (1 + 0.3 * np.cos(2 * theta))
+    outer_in = fat_in + (skull - diploe) * 0.55
+    diploe_in = outer_in + diploe
+    skull_in = fat_in + skull
+    csf_in = skull_in + a["csf_rim"]
+    gyri = 1 + 0.35 * np.sin(a["gyri"] * theta + a["gyri_phase"] + 3 * t) \
+        + 0.2 * np.sin(2.3 * a["gyri"] * theta + 2 * a["gyri_phase"] - 5 * t)
+    cortex_in = csf_in + a["cortex"] * gyri
+
+    labels = np.full(depth.shape, AIR, np.uint8)
+    labels[depth >= 0] = SKIN
+    labels[depth >= skin_in] = FAT
+    labels[depth >= fat_in] = CORTICAL_BONE
+    labels[depth >= outer_in] = MARROW
+    labels[depth >= diploe_in] = CORTICAL_BONE
+    labels[depth >= skull_in] = CSF
+    labels[depth >= csf_in] = GREY_MATTER
+    labels[depth >= cortex_in] = WHITE_MATTER
+    brain = depth >= csf_in
+
+    # deep grey nuclei (thalamus, basal ganglia) in the middle slices
+    deep = np.clip(1 - np.abs(t - 0.48) / 0.2, 0, 1) ** 0.5
+    for side in (-1, 1):
+        blob = ((x - side * (a["ventricle_spread"] + 0.13) * scale) / (0.07 * deep + 1e-6)) ** 2 + \
+               ((y - 0.04) / (0.13 * deep + 1e-6)) ** 2 < 1
+        labels[blob & brain] = GREY_MATTER
+
+    # lateral ventricles: butterfly pair, largest mid-brain; third ventricle below
+    vent = a["ventricles"] * np.clip(np.sin(np.pi * (t - 0.33) / 0.45), 0, 1) * scale
+    spread = a["ventricle_spread"] * scale
+    for side in (-1, 1):
+        vx = x - side * spread
+        vy = y + 0.03
+        rot_x = vx * np.cos(0.25 * side) - vy * np.sin(0.25 * side)
+        rot_y = vx * np.sin(0.25 * side) + vy * np.cos(0.25 * side)
+        horn = (rot_x / (0.045 * vent + 1e-6)) ** 2 + (rot_y / (0.2 * vent + 1e-6)) ** 2 < 1
+        labels[horn & brain] = CSF
+    third = np.clip(1 - np.abs(t - 0.38) / 0.08, 0, 1)
+    slit = (x / 0.014) ** 2 + ((y - 0.05) / (0.09 * third + 1e-6)) ** 2 < 1
+    labels[slit & (third > 0) & brain] = CSF
+
+    # lesions: spheres, so they grow and shrink over neighbouring slices
+    z = t * _HEAD_HEIGHT
+    for lesion in a["lesions"]:
+        radius2 = lesion["r"] ** 2 - (z - lesion["z"]) ** 2
+        blob = (x - lesion["x"] * ax) ** 2 + (y - lesion["y"] * ay) ** 2 < radius2
+        labels[blob & (depth >= cortex_in * 0.9)] = LESION
+
+    # frontal sinus: air pockets in the frontal bone of the lower slices
+    fs = np.clip((a["frontal_sinus"] - t) / 0.12, 0, 1) ** 0.5 * a["frontal_sinus_size"]
+    fs_y = -(ay - fat_in - skull - 0.045)
+    for side in (-1, 1):
+        e = ((x - side * 0.06) / (0.075 * fs + 1e-6)) ** 2 + ((y - fs_y) / (0.05 * fs + 1e-6)) ** 2
+        labels[(e < 1.7) & (fs > 0) & (depth >= fat_in)] = CORTICAL_BONE
+        labels[(e < 1.0) & (fs > 0) & (depth >= fat_in)] = SINUS_AIR
+
+    # lowest slices: the face, with maxillary sinuses and the nasal cavity
+    face = np.clip((a["face_top"] - t) / 0.1, 0, 1)
+    patch = (x / (0.62 * ax + 1e-6)) ** 2 + ((y + 0.42 * ay) / (0.5 * ay + 1e-6)) ** 2 < face
+    labels[patch & (depth >= fat_in + skull)] = SOFT_TISSUE
+    cavities = []
+    for side in (-1, 1):
+        cavities.append(((x - side * 0.22 * ax) / 0.1) ** 2 + ((y + 0.42 * ay) / 0.13) ** 2)
+    cavities.append((x / 0.03) ** 2 + ((y + 0.58 * ay) / 0.13) ** 2)
+    inside = depth >= fat_in
+    for e in cavities:
+        e = e / (face + 1e-6)
+        labels[(e < 1.5) & (face > 0) & inside] = CORTICAL_BONE
+        labels[(e < 1.0) & (face > 0) & inside] = SINUS_AIR
+    return labels
+
+
+# --- image formation ------------------------------------------------------------------
+
+
+def _downsample(volume: np.ndarray) -> np.ndarray:
+    """Average _SUPERSAMPLE x _SUPERSAMPLE blocks (partial volume)."""
+    s, n, _ = volume.shape
+    k = _SUPERSAMPLE
+    return volume.reshape(s, n // k, k, n // k, k).mean(axis=(2, 4), dtype=np.float32)
+
+
+def _mode_downsample(labels: np.ndarray) -> np.ndarray:
+    """The most frequent label of each _SUPERSAMPLE x _SUPERSAMPLE block."""
+    s, n, _ = labels.shape
+    k = _SUPERSAMPLE
+    blocks = labels.reshape(s, n // k, k, n // k, k).transpose(0, 1, 3, 2, 4).reshape(
+        s, n // k, n // k, k * k)
+    counts = (blocks[..., :, None] == blocks[..., None, :]).sum(axis=-1)
+    pick = np.argmax(counts, axis=-1)
+    return np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0]
+
+
+def _blur(volume: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable gaussian blur over the last two axes (edges replicated)."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).astype(np.float32)
+    out = volume.astype(np.float32)
+    for axis in (-2, -1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        length = out.shape[axis]
+        acc = np.zeros_like(out)
+        for i, weight in enumerate(kernel):
+            acc += weight * np.take(padded, np.arange(i, i + length), axis=axis)
+        out = acc
+    return out
+
+
+def _bias_field(rng: np.random.Generator, t: np.ndarray, size: int) -> np.ndarray:
+    """Smooth multiplicative MRI bias field, about +-15 %, varying over x, y and slices."""
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    x = coords[None, None, :]
+    y = coords[None, :, None]
+    z = (t[:, None, None] - 0.5).astype(np.float32)
+    c = rng.normal(0.0, 0.07, size=6)
+    log_field = (c[0] * x + c[1] * y + c[2] * x * y + c[3] * (x * x - 0.33)
+                 + c[4] * (y * y - 0.33) + c[5] * z)
+    return np.exp(np.clip(log_field, -0.3, 0.3)).astype(np.float32)

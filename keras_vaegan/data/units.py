@@ -1,0 +1,102 @@
+"""Intensity units: how file values (HU, MRI intensities, 8-bit grey) map to [-1, 1].
+
+The networks see every image in [-1, 1]. CT in Hounsfield units is clipped to
+a fixed window; MRI, which has no absolute unit, is scaled by robust
+percentiles of its own volume (or slice); 8-bit images map 0..255. A run
+records the units names (``config.ct_units``, ``config.mri_units``) so that
+``predict`` maps outputs back exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_vaegan.errors import VAEGANError
+
+UNITS = ("hu", "percentile", "uint8")
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """Linear map of the file range [low, high] onto [-1, 1] (clipped)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.low) and np.isfinite(self.high)) or self.high <= self.low:
+            raise VAEGANError(None, f"intensity range must have low < high, got "
+                                    f"[{self.low}, {self.high}]")
+
+    def to_unit(self, x) -> np.ndarray:
+        """File units -> [-1, 1], values outside [low, high] clipped."""
+        x = np.asarray(x, dtype=np.float64)
+        u = 2.0 * (x - self.low) / (self.high - self.low) - 1.0
+        return np.clip(u, -1.0, 1.0).astype(np.float32)
+
+    def from_unit(self, u) -> np.ndarray:
+        """[-1, 1] -> file units; the exact inverse of ``to_unit`` inside [low, high]."""
+        u = np.asarray(u, dtype=np.float64)
+        return ((u + 1.0) / 2.0 * (self.high - self.low) + self.low).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"low": float(self.low), "high": float(self.high)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "IntensityMap":
+        try:
+            return cls(float(values["low"]), float(values["high"]))
+        except (KeyError, TypeError, ValueError):
+            raise VAEGANError(None, f"not an intensity map: {values!r}") from None
+
+
+UINT8_MAP = IntensityMap(0.0, 255.0)
+
+
+def ct_map(window_hu: tuple[float, float] = (-1024.0, 3071.0)) -> IntensityMap:
+    """The fixed CT window in HU."""
+    return IntensityMap(float(window_hu[0]), float(window_hu[1]))
+
+
+def mri_map(image, percentiles: tuple[float, float] = (0.5, 99.5)) -> IntensityMap:
+    """Robust range of one MRI slice or volume, ignoring non-finite values."""
+    values = np.asarray(image, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise VAEGANError(None, "MRI image has no finite values")
+    low, high = np.percentile(values, [percentiles[0], percentiles[1]])
+    low, high = float(low), float(high)
+    if not high > low:
+        high = low + 1.0
+    return IntensityMap(low, high)
+
+
+def normalise_modality(modality: str) -> str:
+    """'mri' or 'ct' from the spellings users write (mr, MRI, CT, ...)."""
+    name = str(modality).strip().lower()
+    if name in ("mri", "mr"):
+        return "mri"
+    if name == "ct":
+        return "ct"
+    raise VAEGANError(None, f"unknown modality '{modality}' (mri or ct)")
+
+
+def modality_units(bit_depth: str, modality: str) -> str:
+    """Units name for images of a bit depth: 8-bit -> 'uint8', else 'hu' (CT) / 'percentile' (MRI)."""
+    modality = normalise_modality(modality)
+    if bit_depth == "uint8":
+        return "uint8"
+    return "hu" if modality == "ct" else "percentile"
+
+
+def map_for(units: str, image, config) -> IntensityMap:
+    """The map for a units name: 'hu' (config.ct_window_hu), 'percentile' (of ``image``), 'uint8'."""
+    if units == "hu":
+        return ct_map(tuple(config.ct_window_hu))
+    if units == "percentile":
+        return mri_map(image, tuple(config.mri_percentiles))
+    if units == "uint8":
+        return UINT8_MAP
+    raise VAEGANError(None, f"unknown intensity units '{units}' (one of {', '.join(UNITS)})")

@@ -1,0 +1,320 @@
+"""Translate whole slices (MRI -> CT in HU, or CT -> MRI) with a trained run.
+
+Every slice is translated at its native resolution: padded with -1 (air) up
+to a multiple of the generator's total stride, translated, and cropped back,
+so the output has the input's height and width. ``samples > 1`` draws the
+latent ``K`` times and returns the mean and the per-pixel standard deviation
+(the model's own uncertainty).
+
+``predict`` reads and checks every input before it writes anything, converts
+them to model units with the units the run was trained on, and writes the
+outputs in the target modality's units (HU for CT) through the atomic
+writers, one output per input with the same name, plus an ``overview.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from keras_vaegan.data import readers, units, writers
+from keras_vaegan.errors import VAEGANError
+from keras_vaegan.inference.runs import LoadedRun, find_newest_run, load_run
+
+__all__ = ["DIRECTIONS", "FORMATS", "LoadedRun", "find_newest_run", "load_run", "predict",
+           "translate_slice", "translate_slices"]
+
+DIRECTIONS = ("mri2ct", "ct2mri")
+FORMATS = ("same", "png", "npy")
+PAD_VALUE = -1.0  # air / background in model units
+OVERVIEW_NAME = "overview.png"
+OVERVIEW_ROWS = 8
+_CHUNK_BATCHES = 16  # batches translated (and held in memory) before their outputs are written
+
+
+def _source_target(direction: str) -> tuple[str, str]:
+    if direction not in DIRECTIONS:
+        raise VAEGANError(None, f"unknown direction '{direction}' (one of {', '.join(DIRECTIONS)})")
+    return ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
+
+
+# --- translation in model units ---------------------------------------------------------
+
+
+def translate_slice(model, unit_image_2d: np.ndarray, direction: str = "mri2ct",
+                    samples: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """One 2-D slice in [-1, 1] -> (translated mean, per-pixel std or None), same size."""
+    return translate_slices(model, [unit_image_2d], direction, samples, batch_size=1)[0]
+
+
+def translate_slices(model, images: Sequence[np.ndarray], direction: str = "mri2ct",
+                     samples: int = 1, batch_size: int = 4,
+                     on_done: Callable[[int], None] | None = None,
+                     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Translate 2-D slices in [-1, 1], batching slices of the same padded shape.
+
+    Returns ``(mean, std)`` per slice in the input order, each cropped back to
+    its slice's size; ``std`` is None for ``samples == 1`` (deterministic,
+    ``z = mu``). ``on_done(n)`` is called after each batch with its size.
+    """
+    _source_target(direction)
+    samples, batch_size = int(samples), int(batch_size)
+    if samples < 1:
+        raise VAEGANError(None, f"samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise VAEGANError(None, f"batch size must be >= 1, got {batch_size}")
+    stride = int(model.total_stride)
+    prepared = [_as_2d(image) for image in images]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(prepared):
+        groups.setdefault(_padded_shape(image.shape, stride), []).append(index)
+
+    results: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(prepared)
+    for shape, indices in groups.items():
+        for start in range(0, len(indices), batch_size):
+            batch_indices = indices[start:start + batch_size]
+            batch = np.stack([_pad(prepared[i], shape) for i in batch_indices])[..., None]
+            mean, std = _translate_batch(model, batch, direction, samples)
+            for row, i in enumerate(batch_indices):
+                results[i] = (_crop(mean[row], prepared[i].shape),
+                              None if std is None else _crop(std[row], prepared[i].shape))
+            if on_done is not None:
+                on_done(len(batch_indices))
+    return results  # type: ignore[return-value]
+
+
+def _translate_batch(model, batch: np.ndarray, direction: str, samples: int):
+    inputs = keras.ops.convert_to_tensor(batch, dtype="float32")
+    if samples == 1:
+        out = model.translate(inputs, direction, sample=False)
+        return keras.ops.convert_to_numpy(out)[..., 0].astype(np.float32), None
+    draws = np.stack([keras.ops.convert_to_numpy(model.translate(inputs, direction, sample=True))
+                      [..., 0].astype(np.float32) for _ in range(samples)])
+    return draws.mean(axis=0), draws.std(axis=0)
+
+
+def _as_2d(image) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise VAEGANError(None, f"expected a 2-D slice, got shape {image.shape}")
+    return image
+
+
+def _padded_shape(shape: tuple[int, int], stride: int) -> tuple[int, int]:
+    return tuple(-(-side // stride) * stride for side in shape)  # type: ignore[return-value]
+
+
+def _pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pad evenly on both sides of each axis with air (-1)."""
+    extra = [target - side for target, side in zip(shape, image.shape)]
+    widths = [(e // 2, e - e // 2) for e in extra]
+    return np.pad(image, widths, mode="constant", constant_values=PAD_VALUE)
+
+
+def _crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    top = (image.shape[0] - shape[0]) // 2
+    left = (image.shape[1] - shape[1]) // 2
+    return np.ascontiguousarray(image[top:top + shape[0], left:left + shape[1]])
+
+
+# --- units --------------------------------------------------------------------------------
+
+
+def input_map(piece: readers.Slice, modality: str, config) -> units.IntensityMap:
+    """File units -> model units for one input slice, as the run's training data was mapped.
+
+    MRI has no absolute unit, so an MRI slice that is not 8-bit is scaled by
+    its robust percentiles even for a run trained on 8-bit MRI. CT must match:
+    an 8-bit CT holds no HU, and a run trained on 8-bit CT never saw HU.
+    """
+    trained = config.ct_units if modality == "ct" else config.mri_units
+    if modality == "ct":
+        if trained == "hu" and piece.bit_depth == "uint8":
+            raise VAEGANError(piece.path, "8-bit CT holds no Hounsfield units, but this run was "
+                                          "trained on CT in HU; give 16-bit PNG/TIFF or .npy in HU")
+        if trained == "uint8" and piece.bit_depth != "uint8":
+            raise VAEGANError(piece.path, "CT in HU, but this run was trained on 8-bit CT; "
+                                          "give 8-bit images or a run trained on HU")
+        return units.map_for(trained, piece.pixels, config)
+    if trained == "uint8" and piece.bit_depth != "uint8":
+        trained = "percentile"
+    return units.map_for(trained, piece.pixels, config)
+
+
+def output_map(modality: str, config) -> tuple[str, units.IntensityMap]:
+    """(units name, map) in which the target modality is written."""
+    name = config.ct_units if modality == "ct" else config.mri_units
+    if name == "uint8":
+        return name, units.UINT8_MAP
+    if modality == "ct":
+        return name, units.ct_map(tuple(config.ct_window_hu))
+    return name, units.IntensityMap(*(float(v) for v in config.mri_reference_range))
+
+
+# --- predict ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """One input slice and where its output goes."""
+
+    piece: readers.Slice
+    output: str
+    std_output: str | None
+
+
+def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
+            run: LoadedRun | str | os.PathLike | None = None, direction: str = "mri2ct",
+            samples: int = 1, fmt: str = "same", batch_size: int = 4,
+            progress: bool = True) -> list[str]:
+    """Translate every slice under ``input_path`` into ``output_dir``; return the written paths.
+
+    Every input is read and every output name checked before anything is
+    written; any problem raises ``VAEGANError`` and leaves ``output_dir`` as
+    it was.
+    """
+    source, target = _source_target(direction)
+    if fmt not in FORMATS:
+        raise VAEGANError(None, f"unknown output format '{fmt}' (for 2-D slices: "
+                                f"{', '.join(FORMATS)})")
+    if isinstance(samples, bool) or int(samples) != samples or samples < 1:
+        raise VAEGANError(None, f"samples must be a whole number >= 1, got {samples}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise VAEGANError(None, f"batch size must be a whole number >= 1, got {batch_size}")
+    samples, batch_size = int(samples), int(batch_size)
+    input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
+    _check_output_dir(input_path, output_dir)
+
+    files = readers.find_images(input_path)
+    pieces = [readers.read_slice(path, source) for path in files]
+    if not isinstance(run, LoadedRun):
+        run = load_run(run)
+    config, model = run.config, run.model
+    maps_in = [input_map(piece, source, config) for piece in pieces]
+    out_units, map_out = output_map(target, config)
+    jobs = _plan_outputs(input_path, output_dir, pieces, out_units, fmt, samples)
+
+    counter = _Progress(len(jobs), f"predict {direction}") if progress else None
+    written: list[str] = []
+    overview_rows: list[list[np.ndarray]] = []
+    overview_names: list[str] = []
+    chunk = batch_size * _CHUNK_BATCHES
+    for start in range(0, len(jobs), chunk):
+        part = list(range(start, min(start + chunk, len(jobs))))
+        unit_inputs = [maps_in[i].to_unit(jobs[i].piece.pixels) for i in part]
+        results = translate_slices(model, unit_inputs, direction, samples, batch_size,
+                                   on_done=counter.advance if counter else None)
+        for i, unit_input, (mean, std) in zip(part, unit_inputs, results):
+            job = jobs[i]
+            writers.write_slice(job.output, map_out.from_unit(mean), out_units, target)
+            written.append(job.output)
+            if std is not None:
+                std_out = std * np.float32((map_out.high - map_out.low) / 2.0)
+                writers.write_slice(job.std_output, std_out, out_units, target)
+                written.append(job.std_output)
+            if len(overview_rows) < OVERVIEW_ROWS:
+                overview_rows.append(_overview_row(unit_input, mean, std))
+                overview_names.append(os.path.basename(job.piece.path))
+    if counter:
+        counter.close()
+
+    overview = os.path.join(output_dir, OVERVIEW_NAME)
+    titles = [source.upper(), f"synthetic {target.upper()}"] + (["std (scaled)"] if samples > 1
+                                                                  else [])
+    writers.write_overview_png(overview, overview_rows, titles, row_titles=overview_names)
+    written.append(overview)
+    return written
+
+
+def _check_output_dir(input_path: str, output_dir: str) -> None:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise VAEGANError(output_dir, "output exists and is not a folder")
+    if os.path.isdir(input_path) and _same_path(input_path, output_dir):
+        raise VAEGANError(output_dir, "output folder is the input folder; choose another "
+                                      "folder so inputs are not overwritten")
+    existing = output_dir
+    while existing and not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    existing = existing or "."
+    if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
+        raise VAEGANError(output_dir, "output folder is not writable")
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _plan_outputs(input_path: str, output_dir: str, pieces: list[readers.Slice],
+                  out_units: str, fmt: str, samples: int) -> list[_Job]:
+    """Output (and std) path of every input; refuses names that collide or hit an input."""
+    inputs = {os.path.normcase(os.path.realpath(p.path)): p.path for p in pieces}
+    taken: dict[str, str] = {os.path.normcase(os.path.join(output_dir, OVERVIEW_NAME)).lower():
+                             "the overview image"}
+    jobs = []
+    for piece in pieces:
+        if os.path.isdir(input_path):
+            relative = os.path.relpath(piece.path, input_path)
+        else:
+            relative = os.path.basename(piece.path)
+        stem, ext = os.path.splitext(relative)
+        ext = _output_extension(ext, fmt, out_units)
+        output = os.path.join(output_dir, stem + ext)
+        std_output = os.path.join(output_dir, f"{stem}_std{ext}") if samples > 1 else None
+        for path in filter(None, (output, std_output)):
+            key = os.path.normcase(path).lower()
+            if key in taken:
+                raise VAEGANError(piece.path, f"its output {path} would also be written for "
+                                              f"{taken[key]}; rename one or use another --format")
+            taken[key] = piece.path
+            real = os.path.normcase(os.path.realpath(path))
+            if real in inputs:
+                raise VAEGANError(path, "output would overwrite an input file; choose another "
+                                        "output folder")
+        jobs.append(_Job(piece, output, std_output))
+    return jobs
+
+
+def _output_extension(ext: str, fmt: str, out_units: str) -> str:
+    if fmt != "same":
+        return "." + fmt
+    if ext.lower() in (".jpg", ".jpeg") and out_units != "uint8":
+        return ".png"  # JPEG holds 8-bit only; HU / MRI intensities need 16-bit
+    return ext
+
+
+def _overview_row(unit_input: np.ndarray, mean: np.ndarray, std: np.ndarray | None) -> list:
+    row = [unit_input, mean]
+    if std is not None:
+        top = float(std.max())
+        row.append(std / top * 2.0 - 1.0 if top > 0 else np.full_like(std, -1.0))
+    return row
+
+
+class _Progress:
+    """``predict mri2ct: 12/40 slices`` on one stderr line."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done = total, label, 0
+        self._show()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        self._show()
+
+    def _show(self) -> None:
+        sys.stderr.write(f"\r{self.label}: {self.done}/{self.total} slices")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()

@@ -1,0 +1,108 @@
+"""Find and load a trained run directory (``model.keras`` + ``config.json``).
+
+``predict``, ``evaluate`` and ``export`` all start from a run: the one given
+with ``--model RUN``, or the newest one under ``savedmodels/``. Anything that
+is not a loadable run becomes one ``VAEGANError`` naming the path, never a
+raw Keras, zip or h5 exception.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from keras_vaegan.config import Config
+from keras_vaegan.errors import VAEGANError
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+DEFAULT_RUNS_ROOT = "savedmodels"
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with the settings (and data units) it was trained with."""
+
+    model: object  # VAECycleGAN
+    config: Config
+    run_dir: str
+
+
+def is_run(folder: str | os.PathLike) -> bool:
+    folder = os.fspath(folder)
+    return (os.path.isfile(os.path.join(folder, MODEL_FILE))
+            and os.path.isfile(os.path.join(folder, CONFIG_FILE)))
+
+
+def find_newest_run(root: str | os.PathLike = DEFAULT_RUNS_ROOT) -> str:
+    """The run under ``root`` (searched recursively) whose model.keras was written last."""
+    root = os.fspath(root)
+    newest: tuple[float, str] | None = None
+    if os.path.isdir(root):
+        for folder, subfolders, _ in os.walk(root):
+            if is_run(folder):
+                subfolders[:] = []  # a run's checkpoints/ and snapshots/ are not runs
+                try:
+                    mtime = os.path.getmtime(os.path.join(folder, MODEL_FILE))
+                except OSError:
+                    continue
+                # ties (same mtime) go to the later name, so the pick is reproducible
+                if newest is None or (mtime, folder) > newest:
+                    newest = (mtime, folder)
+            else:
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    if newest is None:
+        raise VAEGANError(root, "no trained run found; train one with `python cli.py fit` "
+                                "or pass --model")
+    return newest[1]
+
+
+def load_run(run_dir: str | os.PathLike | None = None) -> LoadedRun:
+    """Load a run's config.json and model.keras (``None``: the newest run under savedmodels/).
+
+    A path to the ``model.keras`` file itself is accepted too.
+    """
+    if run_dir is None:
+        run_dir = find_newest_run()
+    run_dir = os.fspath(run_dir)
+    if os.path.isfile(run_dir) and os.path.basename(run_dir) == MODEL_FILE:
+        run_dir = os.path.dirname(run_dir) or "."
+    if not os.path.exists(run_dir):
+        raise VAEGANError(run_dir, "no such run folder")
+    if not os.path.isdir(run_dir):
+        raise VAEGANError(run_dir, f"not a run folder (expected a folder holding {MODEL_FILE} "
+                                   f"and {CONFIG_FILE})")
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    for path in (model_path, config_path):
+        if not os.path.isfile(path):
+            raise VAEGANError(run_dir, f"not a trained run (no {os.path.basename(path)}); "
+                                       "train one with `python cli.py fit`")
+    config = Config.load(config_path)
+    model = _load_model(model_path)
+    return LoadedRun(model=model, config=config, run_dir=run_dir)
+
+
+def _load_model(path: str):
+    import keras
+
+    import keras_vaegan.models.vaecyclegan  # noqa: F401  (registers the custom classes)
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # ValueError, zipfile.BadZipFile, OSError, KeyError, h5py errors
+        raise VAEGANError(path, f"cannot load the model ({_one_line(err, path)})") from None
+    if not (hasattr(model, "translate") and hasattr(model, "total_stride")):
+        raise VAEGANError(path, f"not a VAE-CycleGAN model (got {type(model).__name__})")
+    return model
+
+
+def _one_line(err: BaseException, path: str) -> str:
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    for name in (f"filepath={path}", repr(path), path):
+        text = text.replace(name, "")
+    text = " ".join(text.split()).strip(" :.,")
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return text or type(err).__name__

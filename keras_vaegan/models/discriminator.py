@@ -1,0 +1,108 @@
+"""The deep multi-output PatchGAN discriminator.
+
+Strided conv blocks (LeakyReLU 0.2, instance norm) with a real/fake head
+``Conv2D(1, 5)`` after each of the last K blocks. Every head judges the
+features of its own depth, so its gradient reaches the layers below it
+directly, not only through the last layer (the seed's "feature adjustment /
+derivative independence"); the deepest head sees the most context. Strides
+stop once the feature map would fall below ``min_map_size``, so the same
+design works from 32x32 crops up.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+def block_strides(image_size: int, blocks: int, min_map_size: int) -> list[int]:
+    """Stride 2 for each block while the map stays >= min_map_size, else 1.
+
+    The last block always keeps stride 1 (PatchGAN's final stage).
+    """
+    strides, side = [], image_size
+    for i in range(blocks):
+        if i < blocks - 1 and side // 2 >= min_map_size:
+            strides.append(2)
+            side //= 2
+        else:
+            strides.append(1)
+    return strides
+
+
+@keras.saving.register_keras_serializable(package="keras_vaegan")
+class DiscriminatorBlock(layers.Layer):
+    """4x4 conv -> (instance norm) -> LeakyReLU(0.2)."""
+
+    def __init__(self, filters: int, strides: int, normalize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.normalize = normalize
+        self.conv = layers.Conv2D(filters, 4, strides=strides, padding="same",
+                                  use_bias=not normalize, name="conv")
+        self.norm = layers.GroupNormalization(groups=-1, epsilon=1e-5, name="norm") if normalize else None
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        if self.norm is not None:
+            self.norm.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, x):
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return ops.leaky_relu(x, negative_slope=0.2)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
+                "normalize": self.normalize}
+
+
+@keras.saving.register_keras_serializable(package="keras_vaegan")
+class MultiHeadPatchDiscriminator(keras.Model):
+    """Returns a list of K patch maps (logits), shallowest first, deepest last."""
+
+    def __init__(self, filters=(64, 128, 256, 512, 512), heads: int = 3, image_size: int = 64,
+                 min_map_size: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = tuple(int(f) for f in filters)
+        self.heads = int(heads)
+        self.image_size = int(image_size)
+        self.min_map_size = int(min_map_size)
+        if not 1 <= self.heads <= len(self.filters):
+            raise ValueError(f"heads must be between 1 and {len(self.filters)}")
+        strides = block_strides(self.image_size, len(self.filters), self.min_map_size)
+        self.blocks = [
+            DiscriminatorBlock(f, s, normalize=i > 0, name=f"block{i}")
+            for i, (f, s) in enumerate(zip(self.filters, strides))
+        ]
+        self.first_head = len(self.filters) - self.heads
+        self.head_layers = [
+            layers.Conv2D(1, 5, padding="same", name=f"head{i}", dtype="float32")
+            for i in range(self.heads)
+        ]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for i, block in enumerate(self.blocks):
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+            if i >= self.first_head:
+                self.head_layers[i - self.first_head].build(shape)
+        self.built = True
+
+    def call(self, x, training=False):
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i >= self.first_head:
+                outputs.append(self.head_layers[i - self.first_head](x))
+        return outputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": list(self.filters), "heads": self.heads,
+                "image_size": self.image_size, "min_map_size": self.min_map_size}

@@ -1,0 +1,207 @@
+"""``VAECycleGAN``: the two VAE generators, two multi-output PatchGANs and the objective.
+
+Read it top to bottom: the sub-models, the objective (generator and
+discriminator losses, written once with ``keras.ops``), then the train and
+test steps, which hand the one thing that differs per backend, taking
+gradients, to a small adapter in ``models/adapters/``.
+
+    fake_ct  = G_ct(x);   rec_mri = G_mri(fake_ct)
+    fake_mri = G_mri(y);  rec_ct  = G_ct(fake_mri)
+    L_G = sum_k w_k adv(D_ct_k(fake_ct), real) + sum_k w_k adv(D_mri_k(fake_mri), real)
+        + lambda_cycle (|rec_mri - x| + |rec_ct - y|)
+        + lambda_identity lambda_cycle (|G_ct(y) - y| + |G_mri(x) - x|)
+        + beta_kl (KL(q(z|x) || N(0, I)) + KL(q(z|y) || N(0, I)))
+    L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+
+from keras_vaegan.config import Config
+from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
+from keras_vaegan.models.generator import VAEGenerator
+from keras_vaegan.models.history_pool import HistoryPool
+from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss
+from keras_vaegan.training.optimizers import OPTIMIZER_NAMES, OptimizerGroup, make_optimizers
+
+LOSS_TERMS = ("g_loss", "adv_ct", "adv_mri", "cycle", "identity", "kl", "d_ct", "d_mri")
+
+
+@keras.saving.register_keras_serializable(package="keras_vaegan")
+class VAECycleGAN(keras.Model):
+    """Unpaired MRI <-> CT translation. ``model(mri)`` returns synthetic CT in [-1, 1]."""
+
+    def __init__(self, config: Config | dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if config is None:
+            config = Config()
+        elif isinstance(config, dict):
+            config = Config.from_dict(config)
+        self.settings = config
+        c = config
+        gen = dict(filters=c.gen_filters, latent_downsample=c.latent_downsample,
+                   res_blocks=c.gen_res_blocks, latent_channels=c.latent_channels,
+                   skip_connections=c.skip_connections, upsampling=c.upsampling)
+        disc = dict(filters=c.disc_filters, heads=c.disc_heads, image_size=c.image_size,
+                    min_map_size=c.disc_min_map_size)
+        self.g_ct = VAEGenerator(**gen, seed=c.seed + 1, name="g_ct")
+        self.g_mri = VAEGenerator(**gen, seed=c.seed + 2, name="g_mri")
+        self.d_ct = MultiHeadPatchDiscriminator(**disc, name="d_ct")
+        self.d_mri = MultiHeadPatchDiscriminator(**disc, name="d_mri")
+        self.pool_ct = HistoryPool(c.pool_size, c.image_size, c.batch_size, seed=c.seed + 3,
+                                   name="pool_ct", dtype="float32")
+        self.pool_mri = HistoryPool(c.pool_size, c.image_size, c.batch_size, seed=c.seed + 4,
+                                    name="pool_mri", dtype="float32")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
+        self._adapter = importlib.import_module(
+            f"keras_vaegan.models.adapters.{keras.backend.backend()}_adapter")
+
+    # --- sub-models ------------------------------------------------------------
+    def build(self, input_shape=None):
+        image = (None, None, None, 1)
+        for net in (self.g_ct, self.g_mri):
+            net.build(image)
+        crop = (None, self.settings.image_size, self.settings.image_size, 1)
+        for net in (self.d_ct, self.d_mri):
+            net.build(crop)
+        self.pool_ct.build(crop)
+        self.pool_mri.build(crop)
+        self.built = True
+
+    @property
+    def total_stride(self) -> int:
+        return self.g_ct.total_stride
+
+    def call(self, inputs, training=False):
+        return self.g_ct(inputs, training=training, sample=False)[0]
+
+    def translate(self, images, direction: str = "mri2ct", sample: bool = False):
+        """Images in [-1, 1] -> translated images in [-1, 1] (z = mu unless sample)."""
+        net = self.g_ct if direction == "mri2ct" else self.g_mri
+        return net(images, training=False, sample=sample)[0]
+
+    @property
+    def generator_variables(self) -> list:
+        return self.g_ct.trainable_variables + self.g_mri.trainable_variables
+
+    @property
+    def discriminator_variables(self) -> list:
+        return self.d_ct.trainable_variables + self.d_mri.trainable_variables
+
+    # --- compile ----------------------------------------------------------------
+    def compile(self, g_ct_optimizer=None, g_mri_optimizer=None, d_ct_optimizer=None,
+                d_mri_optimizer=None, adversarial_loss: str | None = None, **kwargs):
+        """Take the four optimizers (defaults: Adam + CycleGAN schedule from the config)."""
+        defaults = make_optimizers(self.settings)
+        given = dict(g_ct_optimizer=g_ct_optimizer, g_mri_optimizer=g_mri_optimizer,
+                     d_ct_optimizer=d_ct_optimizer, d_mri_optimizer=d_mri_optimizer)
+        for name in OPTIMIZER_NAMES:
+            opt = given[name] if given[name] is not None else defaults[name]
+            setattr(self, name, keras.optimizers.get(opt))
+        self.adversarial_kind = adversarial_loss or self.settings.adversarial_loss
+        backend = keras.backend.backend()
+        kwargs.setdefault("jit_compile", self.settings.jit_compile if backend == "tensorflow"
+                          else backend == "jax")
+        super().compile(optimizer=self.g_ct_optimizer, auto_scale_loss=False, **kwargs)
+        if not self.built:
+            self.build()
+        self.optimizer = OptimizerGroup(
+            [getattr(self, name) for name in OPTIMIZER_NAMES],
+            [self.g_ct.trainable_variables, self.g_mri.trainable_variables,
+             self.d_ct.trainable_variables, self.d_mri.trainable_variables])
+        self.optimizer.build()
+
+    def get_compile_config(self) -> dict:
+        config = {name: keras.saving.serialize_keras_object(getattr(self, name))
+                  for name in OPTIMIZER_NAMES if hasattr(self, name)}
+        config["adversarial_loss"] = getattr(self, "adversarial_kind", None)
+        return config
+
+    def compile_from_config(self, config: dict) -> None:
+        optimizers = {name: keras.saving.deserialize_keras_object(config[name])
+                      for name in OPTIMIZER_NAMES if name in config}
+        self.compile(**optimizers, adversarial_loss=config.get("adversarial_loss"))
+
+    # --- the objective ------------------------------------------------------------
+    def generator_objective(self, mri, ct, training: bool = True):
+        """L_G and its terms; also returns the fakes the discriminators will judge."""
+        c = self.settings
+        fake_ct, mu_x, log_var_x = self.g_ct(mri, training=training, sample=training)
+        rec_mri = self.g_mri(fake_ct, training=training, sample=training)[0]
+        fake_mri, mu_y, log_var_y = self.g_mri(ct, training=training, sample=training)
+        rec_ct = self.g_ct(fake_mri, training=training, sample=training)[0]
+        kind = getattr(self, "adversarial_kind", c.adversarial_loss)
+        terms = {
+            "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, c.head_weights),
+            "adv_mri": adversarial_loss(self.d_mri(fake_mri), True, kind, c.head_weights),
+            "cycle": l1_loss(rec_mri, mri) + l1_loss(rec_ct, ct),
+            "kl": kl_divergence(mu_x, log_var_x) + kl_divergence(mu_y, log_var_y),
+        }
+        if c.lambda_identity > 0:
+            same_ct = self.g_ct(ct, training=training, sample=training)[0]
+            same_mri = self.g_mri(mri, training=training, sample=training)[0]
+            terms["identity"] = l1_loss(same_ct, ct) + l1_loss(same_mri, mri)
+        else:
+            terms["identity"] = keras.ops.zeros((), "float32")
+        terms["g_loss"] = (terms["adv_ct"] + terms["adv_mri"]
+                           + c.lambda_cycle * terms["cycle"]
+                           + c.lambda_identity * c.lambda_cycle * terms["identity"]
+                           + c.beta_kl * terms["kl"])
+        return terms["g_loss"], terms, (fake_ct, fake_mri)
+
+    def discriminator_objective(self, mri, ct, fake_ct, fake_mri):
+        """L_D for each discriminator (fakes already drawn from the history pool)."""
+        c = self.settings
+        kind = getattr(self, "adversarial_kind", c.adversarial_loss)
+
+        def one(disc, real, fake):
+            return 0.5 * (adversarial_loss(disc(real), True, kind, c.head_weights)
+                          + adversarial_loss(disc(fake), False, kind, c.head_weights))
+
+        return {"d_ct": one(self.d_ct, ct, fake_ct), "d_mri": one(self.d_mri, mri, fake_mri)}
+
+    def pooled_fakes(self, fake_ct, fake_mri):
+        """Fakes to show the discriminators: current ones mixed with the history pool."""
+        stop = keras.ops.stop_gradient
+        return self.pool_ct(stop(fake_ct)), self.pool_mri(stop(fake_mri))
+
+    def evaluation_terms(self, mri, ct) -> dict:
+        """All loss terms with the deterministic latent and without the pool."""
+        _, terms, (fake_ct, fake_mri) = self.generator_objective(mri, ct, training=False)
+        terms.update(self.discriminator_objective(mri, ct, fake_ct, fake_mri))
+        return terms
+
+    # --- steps --------------------------------------------------------------------
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers.values())
+
+    def update_trackers(self, terms: dict) -> dict:
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, *args):
+        return self._adapter.train_step(self, *args)
+
+    def test_step(self, *args):
+        return self._adapter.test_step(self, *args)
+
+    # --- serialisation ----------------------------------------------------------
+    def get_config(self) -> dict:
+        return {"config": self.settings.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+
+def unpack_batch(data):
+    """(mri, ct) from what fit() passes: a tuple, or a tuple wrapped as x."""
+    if isinstance(data, (list, tuple)) and len(data) == 1:
+        data = data[0]
+    mri, ct = data[0], data[1]
+    return mri, ct

@@ -1,0 +1,57 @@
+"""The VAE-CycleGAN loss terms, written once with ``keras.ops``.
+
+Every backend's gradient adapter calls these same functions, so the
+objective is identical on TensorFlow, JAX and PyTorch. Each term is a
+float32 scalar whatever the compute dtype (mixed precision keeps losses in
+float32).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import ops
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def adversarial_loss(predictions: Sequence, target_is_real: bool, kind: str = "lsgan",
+                     head_weights: Sequence[float] | None = None):
+    """Weighted sum over discriminator heads of the per-head adversarial loss.
+
+    ``lsgan``: mean squared distance of the patch map to 1 (real) or 0 (fake).
+    ``bce``: binary cross-entropy on logits against the same targets.
+    """
+    if head_weights is None:
+        head_weights = [1.0 / len(predictions)] * len(predictions)
+    total = 0.0
+    for weight, pred in zip(head_weights, predictions):
+        pred = _f32(pred)
+        target = ops.ones_like(pred) if target_is_real else ops.zeros_like(pred)
+        if kind == "lsgan":
+            term = ops.mean(ops.square(pred - target))
+        elif kind == "bce":
+            term = ops.mean(keras.losses.binary_crossentropy(target, pred, from_logits=True))
+        else:
+            raise ValueError(f"unknown adversarial loss '{kind}'")
+        total = total + weight * term
+    return total
+
+
+def l1_loss(prediction, target):
+    """Mean absolute difference: the cycle and identity terms."""
+    return ops.mean(ops.abs(_f32(prediction) - _f32(target)))
+
+
+def kl_divergence(mu, log_var):
+    """KL(N(mu, exp(log_var)) || N(0, I)), averaged over latent elements.
+
+    Averaging (not summing) keeps ``beta_kl`` on the same per-pixel scale as
+    the L1 terms, whatever the latent size.
+    """
+    mu = _f32(mu)
+    log_var = _f32(log_var)
+    return ops.mean(0.5 * (ops.square(mu) + ops.exp(log_var) - 1.0 - log_var))

@@ -1,0 +1,80 @@
+"""The four Adam optimizers of a VAE-CycleGAN and the group that holds them.
+
+Keras trainers expect one ``model.optimizer``. ``OptimizerGroup`` presents
+the four optimizers as one (its ``variables`` are theirs, concatenated in a
+fixed order), so Keras's JAX trainer threads all their state through the
+jitted step and callbacks find ``iterations``; each optimizer still updates
+only its own sub-model.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_vaegan.config import Config
+from keras_vaegan.training.schedule import ConstantThenLinearDecay
+
+OPTIMIZER_NAMES = ("g_ct_optimizer", "g_mri_optimizer", "d_ct_optimizer", "d_mri_optimizer")
+
+
+def make_optimizers(config: Config) -> dict:
+    """Adam (beta_1 0.5) with the constant-then-linear-decay schedule, one per sub-model."""
+
+    def adam(rate: float, name: str):
+        schedule = ConstantThenLinearDecay(
+            rate, total_steps=config.total_steps,
+            decay_start_step=int(round(config.decay_start * config.total_steps)))
+        return keras.optimizers.Adam(learning_rate=schedule, beta_1=config.beta_1,
+                                     beta_2=config.beta_2, name=name)
+
+    return {
+        "g_ct_optimizer": adam(config.learning_rate_g, "g_ct_optimizer"),
+        "g_mri_optimizer": adam(config.learning_rate_g, "g_mri_optimizer"),
+        "d_ct_optimizer": adam(config.learning_rate_d, "d_ct_optimizer"),
+        "d_mri_optimizer": adam(config.learning_rate_d, "d_mri_optimizer"),
+    }
+
+
+class OptimizerGroup:
+    """Several optimizers, each paired with the variables it updates, seen as one."""
+
+    def __init__(self, optimizers, variable_groups):
+        self.optimizers = list(optimizers)
+        self.variable_groups = [list(v) for v in variable_groups]
+
+    @property
+    def built(self) -> bool:
+        return all(opt.built for opt in self.optimizers)
+
+    def build(self, _variables=None) -> None:
+        for opt, group in zip(self.optimizers, self.variable_groups):
+            if not opt.built:
+                opt.build(group)
+
+    @property
+    def variables(self) -> list:
+        return [v for opt in self.optimizers for v in opt.variables]
+
+    @property
+    def iterations(self):
+        return self.optimizers[0].iterations
+
+    @property
+    def learning_rate(self):
+        return self.optimizers[0].learning_rate
+
+    def split(self, values) -> list[list]:
+        """Cut a flat list laid out like ``variables`` into one list per optimizer."""
+        out, start = [], 0
+        for opt in self.optimizers:
+            size = len(opt.variables)
+            out.append(list(values[start:start + size]))
+            start += size
+        return out
+
+    def scale_loss(self, loss):
+        return loss
+
+    def finalize_variable_values(self, _variables) -> None:
+        for opt, group in zip(self.optimizers, self.variable_groups):
+            opt.finalize_variable_values(group)

@@ -1,0 +1,131 @@
+"""The synthetic head phantom: deterministic, anatomically plausible units, files that read back."""
+
+import os
+
+import numpy as np
+import pytest
+
+from keras_vaegan.data import phantom
+from keras_vaegan.data.phantom import make_slices, make_subject, subject_seed, write_phantom
+from keras_vaegan.data.readers import read_slice
+from keras_vaegan.errors import VAEGANError
+
+
+def _erode(mask):
+    """Pixels whose four in-plane neighbours are inside ``mask`` too."""
+    out = mask.copy()
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[:, :, 1:] &= mask[:, :, :-1]
+    out[:, :, :-1] &= mask[:, :, 1:]
+    return out
+
+
+def test_same_seed_same_subject_and_different_seeds_differ():
+    a, b, c = make_subject(3), make_subject(3), make_subject(4)
+    for name in ("mri", "ct", "mask", "labels"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert not np.allclose(a.ct, c.ct)
+    assert not np.array_equal(a.mask, c.mask)  # the anatomy differs, not only the noise
+    assert a.mri.shape == a.ct.shape == a.mask.shape == (8, 64, 64)
+    assert a.mri.dtype == a.ct.dtype == np.float32 and a.mask.dtype == np.uint8
+    assert set(np.unique(a.mask)) == {0, 1}
+
+
+def test_ct_is_in_hounsfield_units():
+    s = make_subject(0, size=64, slices=8)
+    air = s.labels == phantom.AIR
+    brain = np.isin(s.labels, [phantom.GREY_MATTER, phantom.WHITE_MATTER])
+    bone = s.labels == phantom.CORTICAL_BONE
+    assert abs(np.median(s.ct[air]) + 1000) < 20
+    assert s.ct.min() >= -1024 and s.ct.max() <= 3071
+    assert 0 < np.median(s.ct[brain]) < 80
+    inner = _erode(_erode(brain))  # away from the skull's partial volume
+    assert np.percentile(s.ct[inner], 1) > -40 and np.percentile(s.ct[inner], 99) < 100
+    assert np.median(s.ct[bone]) > 700 and s.ct.max() > 1000
+    assert np.all(s.mask[air & (s.ct < -900)] == 0)
+
+
+@pytest.mark.parametrize("size, dark", [(64, 0.3), (128, 0.15)])
+def test_mri_shows_bone_and_air_both_dark_but_marrow_bright(size, dark):
+    """What makes MRI -> CT hard: cortical bone (>1000 HU) and air (-1000 HU) look alike in T1."""
+    for seed in range(3):
+        s = make_subject(seed, size=size)
+        brain = np.median(s.mri[np.isin(s.labels, [phantom.GREY_MATTER, phantom.WHITE_MATTER])])
+        bone_mri = np.median(s.mri[s.ct > 1000])
+        air_mri = np.median(s.mri[s.ct < -900])
+        marrow_mri = np.median(s.mri[s.labels == phantom.MARROW])
+        assert bone_mri < dark * brain
+        assert air_mri < 0.1 * brain
+        assert marrow_mri > 0.7 * brain and marrow_mri > 3 * bone_mri
+        fat = np.median(s.mri[s.labels == phantom.FAT]) if size == 128 else None
+        wm = np.median(s.mri[s.labels == phantom.WHITE_MATTER])
+        gm = np.median(s.mri[s.labels == phantom.GREY_MATTER])
+        csf = np.median(s.mri[(s.labels == phantom.CSF) & (s.ct < 30)])
+        assert csf < gm < wm
+        if fat is not None:
+            assert fat > wm
+
+
+def test_slices_vary_smoothly_and_sinuses_sit_low():
+    s = make_subject(5, size=64, slices=8)
+    area = s.mask.reshape(8, -1).sum(axis=1).astype(int)
+    assert area[-1] < area[3]  # the head narrows towards the vertex
+    assert np.all(np.abs(np.diff(area)) < 0.35 * area.max())
+    sinus = (s.labels == phantom.SINUS_AIR).reshape(8, -1).sum(axis=1)
+    assert sinus[:2].sum() > 0 and sinus[4:].sum() == 0
+    assert np.median(s.ct[s.labels == phantom.SINUS_AIR]) < -300
+
+
+def test_make_slices_draws_enough_subjects():
+    mri, ct, mask = make_slices(20, size=32, seed=1, slices_per_subject=8)
+    assert mri.shape == ct.shape == mask.shape == (20, 32, 32)
+    first = make_subject(subject_seed(1, 0), size=32, slices=8)
+    np.testing.assert_array_equal(ct[:8], first.ct)
+    third = make_subject(subject_seed(1, 2), size=32, slices=8)
+    np.testing.assert_array_equal(ct[16:], third.ct[:4])
+    assert not np.array_equal(make_slices(8, 32, seed=2)[1], ct[:8])
+
+
+def test_128_pixels_is_the_same_head():
+    small, large = make_subject(7, size=64), make_subject(7, size=128)
+    np.testing.assert_allclose(small.mask.mean(), large.mask.mean(), atol=0.01)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(VAEGANError):
+        make_subject(0, size=8)
+    with pytest.raises(VAEGANError):
+        make_slices(0)
+    with pytest.raises(VAEGANError):
+        write_phantom(tmp_path, 1, 1, 32, fmt="bmp")
+
+
+def test_write_phantom_png_reads_back(tmp_path):
+    paths = write_phantom(tmp_path, subjects=2, slices=3, size=32, seed=4)
+    assert len(paths) == 2 * 3 * 3
+    for folder in ("mri", "ct", "mask"):
+        assert sorted(os.listdir(tmp_path / folder)) == [
+            f"{i:03d}_{k:03d}.png" for i in range(2) for k in range(3)]
+    subject = make_subject(subject_seed(4, 1), size=32, slices=3)
+    ct = read_slice(tmp_path / "ct" / "001_002.png", "ct")
+    mri = read_slice(tmp_path / "mri" / "001_002.png", "mri")
+    mask = read_slice(tmp_path / "mask" / "001_002.png", "mri")
+    assert ct.bit_depth == mri.bit_depth == "uint16" and mask.bit_depth == "uint8"
+    np.testing.assert_allclose(ct.pixels, subject.ct[2], atol=0.5)
+    np.testing.assert_allclose(mri.pixels, subject.mri[2], atol=0.5)
+    np.testing.assert_array_equal(mask.pixels, subject.mask[2] * 255.0)
+    assert not [p for p in os.listdir(tmp_path / "ct") if p.startswith(".")]
+
+
+def test_write_phantom_nifti(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    paths = write_phantom(tmp_path, subjects=1, slices=4, size=32, fmt="nii", seed=0)
+    assert sorted(os.path.basename(p) for p in paths) == ["ct.nii.gz", "mask.nii.gz", "mri.nii.gz"]
+    subject = make_subject(subject_seed(0, 0), size=32, slices=4)
+    ct = nib.load(tmp_path / "000" / "ct.nii.gz")
+    mri = nib.load(tmp_path / "000" / "mri.nii.gz")
+    assert ct.shape == (32, 32, 4)
+    np.testing.assert_array_equal(ct.affine, mri.affine)
+    np.testing.assert_allclose(ct.header.get_zooms(), (1, 1, 1))
+    np.testing.assert_allclose(np.transpose(ct.get_fdata(), (2, 1, 0)), subject.ct, atol=1e-3)

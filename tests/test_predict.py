@@ -1,0 +1,212 @@
+"""predict: whole slices at native size, units in and out, uncertainty, runs, errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from keras_vaegan.config import Config
+from keras_vaegan.data import readers, writers
+from keras_vaegan.errors import VAEGANError
+from keras_vaegan.inference.predict import (LoadedRun, find_newest_run, load_run, predict,
+                                            translate_slice, translate_slices)
+from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+TINY = dict(image_size=32, batch_size=2, gen_filters=4, latent_channels=4, gen_res_blocks=1,
+            disc_filters=(8, 16), disc_heads=1, epochs=1, steps_per_epoch=1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A fake trained run: an untrained tiny model saved as a run directory."""
+    config = Config(**TINY)
+    model = VAECycleGAN(config)
+    model.compile()
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run.mkdir()
+    model.save(run / "model.keras")
+    config.save(run / "config.json")
+    return run
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_run(str(run_dir))
+
+
+@pytest.fixture(scope="module")
+def uint8_run(run_dir, loaded):
+    """The same model, recorded as trained on 8-bit MRI and 8-bit CT."""
+    return LoadedRun(model=loaded.model, run_dir=str(run_dir),
+                     config=loaded.config.replace(mri_units="uint8", ct_units="uint8"))
+
+
+def _mri(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    head = ((yy - height / 2) / (0.4 * height)) ** 2 + ((xx - width / 2) / (0.4 * width)) ** 2 < 1
+    return (head * 600.0 + rng.normal(0, 20, (height, width))).clip(0, None).astype(np.float32)
+
+
+def _ct_hu(height, width):
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = ((yy - height / 2) / (0.4 * height)) ** 2 + ((xx - width / 2) / (0.4 * width)) ** 2
+    return np.where(r < 0.7, 40.0, np.where(r < 1.0, 1000.0, -1000.0)).astype(np.float32)
+
+
+@pytest.fixture()
+def mri_folder(tmp_path):
+    folder = tmp_path / "mri"
+    writers.write_slice(folder / "a.png", _mri(96, 64), "percentile", "mri")
+    writers.write_slice(folder / "sub" / "b.npy", _mri(40, 40, seed=1), "percentile", "mri")
+    return folder
+
+
+def _listing(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder)
+                  for d, _, files in os.walk(folder) for f in files)
+
+
+def test_predict_writes_one_output_per_slice_at_input_size(mri_folder, tmp_path, loaded):
+    out = tmp_path / "out"
+    written = predict(mri_folder, out, run=loaded, progress=False)
+    assert _listing(out) == ["a.png", "overview.png", os.path.join("sub", "b.npy")]
+    assert sorted(os.path.relpath(p, out) for p in written) == _listing(out)
+    ct_a = readers.read_slice(out / "a.png", "ct")
+    ct_b = readers.read_slice(out / "sub" / "b.npy", "ct")
+    assert ct_a.pixels.shape == (96, 64) and ct_a.bit_depth == "uint16"
+    assert ct_b.pixels.shape == (40, 40)
+    for hu in (ct_a.pixels, ct_b.pixels):  # synthetic CT in HU, inside the run's window
+        assert hu.min() >= -1024 - 1e-3 and hu.max() <= 3071 + 1e-3
+
+
+def test_single_sample_is_deterministic_and_has_no_std(mri_folder, tmp_path, run_dir):
+    first = predict(mri_folder, tmp_path / "one", run=str(run_dir), fmt="npy", progress=False)
+    second = predict(mri_folder, tmp_path / "two", run=str(run_dir), fmt="npy", progress=False)
+    assert not any("_std" in p for p in first)
+    for a, b in zip(first, second):
+        if a.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(a), np.load(b))
+
+
+def test_samples_write_a_positive_std_map(mri_folder, tmp_path, loaded):
+    out = tmp_path / "out"
+    written = predict(mri_folder, out, run=loaded, samples=4, fmt="npy", progress=False)
+    assert _listing(out) == ["a.npy", "a_std.npy", "overview.png",
+                             os.path.join("sub", "b.npy"), os.path.join("sub", "b_std.npy")]
+    assert len(written) == 5
+    std = np.load(out / "a_std.npy")
+    assert std.shape == (96, 64) and (std >= 0).all() and std.mean() > 0
+    assert std.max() <= (3071 + 1024) / 2 * 2  # std in HU is at most the window's half-range x2
+
+
+def test_translate_slices_batches_keep_order_and_match_single(loaded):
+    model = loaded.model
+    rng = np.random.default_rng(3)
+    images = [rng.uniform(-1, 1, shape).astype(np.float32)
+              for shape in [(40, 40), (33, 50), (40, 40), (12, 20), (37, 38)]]
+    batched = translate_slices(model, images, "mri2ct", samples=1, batch_size=3)
+    for image, (mean, std) in zip(images, batched):
+        single, none = translate_slice(model, image, "mri2ct")
+        assert none is None and std is None
+        assert mean.shape == image.shape
+        np.testing.assert_allclose(mean, single, atol=1e-4)
+
+
+def test_find_newest_run_picks_the_latest_model(tmp_path, run_dir):
+    root = tmp_path / "savedmodels"
+    for name, mtime in (("old", 1_000_000), ("new", 2_000_000), ("mid", 1_500_000)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / "model.keras").write_bytes(b"x")
+        (folder / "config.json").write_text("{}")
+        os.utime(folder / "model.keras", (mtime, mtime))
+    (root / "export" / "1").mkdir(parents=True)  # an exported SavedModel is not a run
+    assert find_newest_run(root) == str(root / "new")
+    with pytest.raises(VAEGANError, match="no trained run found"):
+        find_newest_run(tmp_path / "empty")
+
+
+def test_load_run_refuses_what_is_not_a_run(tmp_path, run_dir):
+    folder = tmp_path / "not_a_run"
+    folder.mkdir()
+    with pytest.raises(VAEGANError) as err:
+        load_run(folder)
+    assert err.value.path == str(folder) and "model.keras" in err.value.reason
+    with pytest.raises(VAEGANError, match="no such run folder"):
+        load_run(tmp_path / "missing")
+    (folder / "model.keras").write_bytes(b"this is not a zip file")
+    (folder / "config.json").write_bytes((run_dir / "config.json").read_bytes())
+    with pytest.raises(VAEGANError) as err:
+        load_run(folder)
+    assert "model.keras" in err.value.path and "cannot load the model" in err.value.reason
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_input_writes_nothing(mri_folder, tmp_path, loaded):
+    (mri_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out"
+    with pytest.raises(VAEGANError) as err:
+        predict(mri_folder, out, run=loaded, progress=False)
+    assert err.value.path.endswith("broken.png")
+    assert not out.exists() or _listing(out) == []
+
+
+def test_output_folder_must_not_be_the_input_folder(mri_folder, loaded):
+    before = _listing(mri_folder)
+    with pytest.raises(VAEGANError, match="input folder"):
+        predict(mri_folder, mri_folder, run=loaded, progress=False)
+    assert _listing(mri_folder) == before
+
+
+def test_colliding_output_names_are_refused_before_writing(tmp_path, loaded):
+    folder = tmp_path / "mri"
+    writers.write_slice(folder / "a.png", _mri(32, 32), "percentile", "mri")
+    writers.write_slice(folder / "a.npy", _mri(32, 32), "percentile", "mri")
+    out = tmp_path / "out"
+    with pytest.raises(VAEGANError, match="would also be written"):
+        predict(folder, out, run=loaded, fmt="png", progress=False)
+    assert not out.exists()
+
+
+def test_ct_16bit_png_to_mri_in_reference_range(tmp_path, loaded):
+    source = tmp_path / "ct.png"
+    writers.write_slice(source, _ct_hu(48, 56), "hu", "ct")
+    assert readers.read_slice(source, "ct").bit_depth == "uint16"
+    out = tmp_path / "out"
+    written = predict(source, out, run=loaded, direction="ct2mri", samples=2, progress=False)
+    assert [os.path.basename(p) for p in written] == ["ct.png", "ct_std.png", "overview.png"]
+    mri = readers.read_slice(out / "ct.png", "mri")
+    low, high = loaded.config.mri_reference_range
+    assert mri.pixels.shape == (48, 56) and mri.bit_depth == "uint16"
+    assert mri.pixels.min() >= low and mri.pixels.max() <= high
+
+
+def test_8bit_images_follow_the_run_units(tmp_path, loaded, uint8_run):
+    source = tmp_path / "mri.png"
+    writers.write_slice(source, _mri(36, 44) / 600 * 255, "uint8", "mri")
+    # trained on 8-bit: 8-bit in, 8-bit out
+    predict(source, tmp_path / "u8", run=uint8_run, progress=False)
+    ct = readers.read_slice(tmp_path / "u8" / "mri.png", "ct")
+    assert ct.bit_depth == "uint8" and ct.pixels.shape == (36, 44)
+    # trained on percentile MRI / HU CT: 8-bit MRI is scaled by percentiles, CT written in HU
+    predict(source, tmp_path / "hu", run=loaded, progress=False)
+    assert readers.read_slice(tmp_path / "hu" / "mri.png", "ct").bit_depth == "uint16"
+    # 8-bit CT has no HU: refused for a run trained on HU, accepted by an 8-bit run
+    ct8 = tmp_path / "ct8.jpg"
+    writers.write_slice(ct8, np.full((32, 32), 128.0), "uint8", "ct")
+    with pytest.raises(VAEGANError, match="8-bit CT"):
+        predict(ct8, tmp_path / "refused", run=loaded, direction="ct2mri", progress=False)
+    assert not (tmp_path / "refused").exists()
+    written = predict(ct8, tmp_path / "ok", run=uint8_run, direction="ct2mri", progress=False)
+    assert os.path.basename(written[0]) == "ct8.jpg"
+
+
+def test_jpeg_input_with_hu_output_is_written_as_png(tmp_path, loaded):
+    source = tmp_path / "mri.jpg"
+    writers.write_slice(source, _mri(32, 32) / 600 * 255, "uint8", "mri")
+    written = predict(source, tmp_path / "out", run=loaded, progress=True)
+    assert os.path.basename(written[0]) == "mri.png"
+    assert readers.read_slice(written[0], "ct").bit_depth == "uint16"
