@@ -46,6 +46,7 @@ class Config:
     latent_downsample: int = 4  # latent is 1/latent_downsample of the image side
     gen_res_blocks: int = 4  # residual blocks in the encoder and again in the decoder
     latent_channels: int = 64
+    vae_sampling: bool = True  # False: z = mu while training too (plain CycleGAN generator)
     skip_connections: bool = False  # U-Net skips around the latent (lets G ignore z)
     upsampling: str = "bilinear"  # bilinear | nearest | transpose
     # --- discriminator (deep multi-output PatchGAN) -----------------------------

@@ -127,12 +127,16 @@ class VAECycleGAN(keras.Model):
 
     # --- the objective ------------------------------------------------------------
     def generator_objective(self, mri, ct, training: bool = True):
-        """L_G and its terms; also returns the fakes the discriminators will judge."""
+        """L_G and its terms; also returns the fakes the discriminators will judge.
+
+        The latent is sampled while training unless ``vae_sampling`` is off.
+        """
         c = self.settings
-        fake_ct, mu_x, log_var_x = self.g_ct(mri, training=training, sample=training)
-        rec_mri = self.g_mri(fake_ct, training=training, sample=training)[0]
-        fake_mri, mu_y, log_var_y = self.g_mri(ct, training=training, sample=training)
-        rec_ct = self.g_ct(fake_mri, training=training, sample=training)[0]
+        sample = training and c.vae_sampling
+        fake_ct, mu_x, log_var_x = self.g_ct(mri, training=training, sample=sample)
+        rec_mri = self.g_mri(fake_ct, training=training, sample=sample)[0]
+        fake_mri, mu_y, log_var_y = self.g_mri(ct, training=training, sample=sample)
+        rec_ct = self.g_ct(fake_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
         terms = {
             "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, c.head_weights),
@@ -141,8 +145,8 @@ class VAECycleGAN(keras.Model):
             "kl": kl_divergence(mu_x, log_var_x) + kl_divergence(mu_y, log_var_y),
         }
         if c.lambda_identity > 0:
-            same_ct = self.g_ct(ct, training=training, sample=training)[0]
-            same_mri = self.g_mri(mri, training=training, sample=training)[0]
+            same_ct = self.g_ct(ct, training=training, sample=sample)[0]
+            same_mri = self.g_mri(mri, training=training, sample=sample)[0]
             terms["identity"] = l1_loss(same_ct, ct) + l1_loss(same_mri, mri)
         else:
             terms["identity"] = keras.ops.zeros((), "float32")
