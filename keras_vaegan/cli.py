@@ -111,9 +111,9 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
 
 
 @main.command()
-@click.option("--data", "data_root", type=click.Path(), help="Folder with subfolders mri|mr|trainA and ct|trainB (any case).")
-@click.option("--mri-dir", type=click.Path(), help="Folder (searched recursively) of MRI slices.")
-@click.option("--ct-dir", type=click.Path(), help="Folder (searched recursively) of CT slices.")
+@click.option("--data", "data_root", type=click.Path(), help="Folder with subfolders mri|mr|trainA and ct|trainB (any case), or SynthRAD-style subjects (SUBJECT/mr.nii.gz, ct.nii.gz).")
+@click.option("--mri-dir", type=click.Path(), help="Folder (searched recursively) of MRI slices or volumes (NIfTI, DICOM).")
+@click.option("--ct-dir", type=click.Path(), help="Folder (searched recursively) of CT slices or volumes (NIfTI, DICOM; HU).")
 @click.option("--image-size", type=int, help="Side of the random training crops in pixels (default 64).")
 @click.option("--epochs", type=int, help="Number of epochs (default 10).")
 @click.option("--steps-per-epoch", type=int, help="Training steps per epoch (default 50).")
@@ -125,11 +125,12 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
 @click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set beta_kl=0.01 (repeatable).")
 @click.option("--mixed-precision", type=click.Choice(["auto", "off", "float16", "bfloat16"]), help="Compute precision (default off).")
 @click.option("--strategy", type=click.Choice(["auto", "none", "mirrored", "multiworker"]), help="Distribution strategy (default none).")
+@click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the TensorFlow train step (default off: slower on CPU). JAX always jits.")
 @click.option("--validation-data", type=click.Path(), help="Held-out folder (same layout as --data) for validation losses.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_size, output, resume,
-        seed, config_file, set_values, mixed_precision, strategy, validation_data, quiet):
+        seed, config_file, set_values, mixed_precision, strategy, jit_compile, validation_data, quiet):
     """Train a VAE-CycleGAN (on the built-in phantom when no data is given)."""
     from keras_vaegan.errors import VAEGANError
 
@@ -138,36 +139,82 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
     overrides = _parse_set(set_values)
     overrides.update(image_size=image_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
                      batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
-                     strategy=strategy)
+                     strategy=strategy, jit_compile=jit_compile)
     run_config = os.path.join(output, "config.json") if resume and output else None
     if run_config and not os.path.exists(run_config):
         raise VAEGANError(output, "nothing to resume: no config.json in this folder")
     config = build_config(config_file, run_config, overrides)
-    if config.strategy not in ("none", "auto"):
-        raise VAEGANError(None, f"--strategy {config.strategy} is not supported yet; use none")
     from keras_vaegan.training.fit import fit as run_fit
 
-    run = run_fit(config, output=output, data_root=data_root, mri_dir=mri_dir, ct_dir=ct_dir,
-                  resume=resume, validation_data=validation_data, verbose=0 if quiet else "auto")
+    from keras_vaegan.training.fit import TrainingInterrupted
+
+    try:
+        run = run_fit(config, output=output, data_root=data_root, mri_dir=mri_dir,
+                      ct_dir=ct_dir, resume=resume, validation_data=validation_data,
+                      verbose=0 if quiet else "auto", messages=True)
+    except TrainingInterrupted as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(130)
     click.echo(f"run saved in {run}")
 
 
 @main.command()
-@click.option("--input", "input_path", required=True, type=click.Path(), help="Slice file or folder (searched recursively).")
-@click.option("--output", "output_dir", required=True, type=click.Path(), help="Folder for the translated slices.")
+@click.option("--input", "input_path", required=True, type=click.Path(), help="Slice, NIfTI or DICOM file, or a folder (searched recursively; DICOM grouped by series).")
+@click.option("--output", "output_dir", required=True, type=click.Path(), help="Folder for the outputs (slices; NIfTI files; DICOM series folders).")
 @click.option("--model", "model_path", type=click.Path(), help="Run folder (default: newest run under savedmodels/).")
 @click.option("--direction", type=click.Choice(["mri2ct", "ct2mri"]), default="mri2ct", show_default=True, help="Translation direction.")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Latent draws; >1 writes the mean and a *_std uncertainty map.")
-@click.option("--format", "fmt", type=click.Choice(["same", "png", "npy"]), default="same", show_default=True, help="Output file format.")
+@click.option("--format", "fmt", type=click.Choice(["same", "png", "npy"]), default="same", show_default=True, help="Output format of 2-D slices (volumes are written like their input).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
 @user_errors
 def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_size):
-    """Translate slices at native resolution (MRI -> synthetic CT in HU by default)."""
+    """Translate slices and volumes at native resolution (MRI -> synthetic CT in HU by default)."""
     from keras_vaegan.inference.predict import predict as run_predict
 
     written = run_predict(input_path, output_dir, run=model_path, direction=direction,
                           samples=samples, fmt=fmt, batch_size=batch_size, progress=True)
     click.echo(f"wrote {len(written)} files to {output_dir}")
+
+
+@main.command()
+@click.option("--input", "input_path", type=click.Path(), help="MRI to translate: volume file, DICOM folder, folder of subjects, or 2-D slices.")
+@click.option("--reference", "reference_path", required=True, type=click.Path(), help="Reference CT in HU, laid out like --input (paired by subject or file name).")
+@click.option("--mask", "mask_path", type=click.Path(), help="Masks laid out like --reference (default: SynthRAD mask files, else reference CT > -500 HU).")
+@click.option("--model", "model_path", type=click.Path(), help="Run folder that translates --input (default: newest run under savedmodels/).")
+@click.option("--prediction", "prediction_path", type=click.Path(), help="Synthetic CT already made (HU), instead of --input and a model.")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the results to this JSON file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
+@user_errors
+def evaluate(input_path, reference_path, mask_path, model_path, prediction_path, json_path,
+             batch_size):
+    """Score synthetic CT against reference CT: MAE (HU), PSNR, SSIM within a mask (SynthRAD)."""
+    from keras_vaegan.errors import VAEGANError
+    from keras_vaegan.inference.evaluate import evaluate as run_evaluate
+    from keras_vaegan.inference.evaluate import format_table
+
+    if prediction_path and model_path:
+        raise VAEGANError(None, "--model translates --input; with --prediction no model is used")
+    results = run_evaluate(input_path, reference_path, mask_path=mask_path, run=model_path,
+                           prediction_path=prediction_path, json_path=json_path,
+                           batch_size=batch_size, progress=True)
+    click.echo(format_table(results))
+    if json_path:
+        click.echo(f"wrote {json_path}")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(), help="Run folder (default: newest run under savedmodels/).")
+@click.option("--output", required=True, type=click.Path(), help="Export folder, e.g. savedmodels/NAME; versions go in NAME/1, NAME/2, ...")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Version number (default: one more than the highest there); never overwritten.")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx"]), default="savedmodel", show_default=True, help="TF Serving SavedModel, or ONNX (mri2ct.onnx, ct2mri.onnx; needs the [onnx] extra).")
+@click.option("--samples", type=click.IntRange(min=2), default=8, show_default=True, help="Latent draws of the mri2ct_uncertainty signature (SavedModel only).")
+@user_errors
+def export(model_path, output, version, fmt, samples):
+    """Export a run for serving: normalisation, padding and units inside the graph."""
+    from keras_vaegan.inference.export import export_run
+
+    path = export_run(model_path, output, version, samples=samples, fmt=fmt)
+    click.echo(f"exported {fmt} to {path}")
 
 
 @main.command()

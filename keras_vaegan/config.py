@@ -33,6 +33,11 @@ class Config:
     phantom_slices: int = 8  # slices per phantom subject
     phantom_size: int = 64  # phantom slice side in pixels
     shuffle_buffer: int = 512
+    # volumes (NIfTI, DICOM): keep only axial slices that show some body
+    body_slices_only: bool = True
+    body_threshold_hu: float = -500.0  # CT voxels above this are body
+    body_threshold_mri: float = 0.1  # MRI voxels above this fraction of the volume's robust range
+    body_min_fraction: float = 0.02  # a slice is kept when this fraction of its pixels is body
     # --- augmentation (keras-cv) -----------------------------------------------
     augment: bool = True
     augment_copies: int = 0  # >0: the seed's "N fixed augmented copies per sample"
@@ -70,13 +75,14 @@ class Config:
     decay_start: float = 0.5  # fraction of all steps after which the LR decays to 0
     # --- run ----------------------------------------------------------------------
     seed: int = 0
-    mixed_precision: str = "off"
+    mixed_precision: str = "auto"  # auto: float16 on GPU, bfloat16 on a bf16 CPU, else float32
     strategy: str = "none"
     jit_compile: bool = False
     snapshot_count: int = 4  # images in each snapshot grid
     # --- units recorded by the data loader (so predict inverts them exactly) ---
     mri_units: str = "percentile"  # percentile | uint8
     ct_units: str = "hu"  # hu | uint8
+    precision_policy: str = ""  # the dtype policy the run trained with (set by fit)
     mri_reference_range: tuple[float, float] = (0.0, 1000.0)  # typical MRI percentile range,
     # used to write synthetic MRI (ct2mri) in the training set's intensity scale
 
@@ -118,6 +124,8 @@ class Config:
         need(lo < hi, "ct_window_hu", "low must be below high")
         plo, phi = self.mri_percentiles
         need(0 <= plo < phi <= 100, "mri_percentiles", "need 0 <= low < high <= 100")
+        need(0 <= self.body_threshold_mri < 1, "body_threshold_mri", "must be in [0, 1)")
+        need(0 <= self.body_min_fraction <= 1, "body_min_fraction", "must be in [0, 1]")
         need(len(self.disc_filters) >= 1, "disc_filters", "needs at least one block")
         need(self.disc_heads <= len(self.disc_filters), "disc_heads",
              f"at most len(disc_filters) = {len(self.disc_filters)}")

@@ -13,7 +13,8 @@ from keras_vaegan.config import Config
 
 TINY = dict(image_size=32, batch_size=2, gen_filters=8, latent_channels=8, gen_res_blocks=1,
             disc_filters=(16, 32, 32), disc_heads=2, pool_size=4, epochs=2, steps_per_epoch=3,
-            phantom_subjects=2, phantom_slices=4, phantom_size=32, snapshot_count=2)
+            phantom_subjects=2, phantom_slices=4, phantom_size=32, snapshot_count=2,
+            mixed_precision="off")
 
 
 @pytest.fixture

@@ -68,3 +68,44 @@ def _full_suffix(path: str) -> str:
         if name.endswith(double):
             return double
     return os.path.splitext(name)[1]
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary folder beside ``path``; it becomes ``path`` on success.
+
+    For outputs that are a folder of files (a DICOM series). An existing
+    ``path`` folder is moved aside, replaced by the new one, then removed, so
+    a reader sees the old folder or the new one, never a mix. On any
+    exception the temporary folder is removed and ``path`` is untouched.
+    """
+    import shutil
+
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise VAEGANError(path, "output exists and is not a folder")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    except OSError as err:
+        raise VAEGANError(path, f"cannot write here ({err.strerror or err})") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=".tmp-old-", dir=parent)
+            os.replace(path, os.path.join(old, "previous"))
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            if old is not None:  # put the previous folder back
+                os.replace(os.path.join(old, "previous"), path)
+            raise VAEGANError(path, f"cannot write here ({err.strerror or err})") from None
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -110,7 +110,10 @@ def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: 
     Slice formats (png, tif, npy): ``out_dir/{mri,ct,mask}/<subject>_<slice>.<fmt>``,
     CT as HU + 1024 in 16-bit PNG/TIFF (HU in .npy), MRI intensities as 16-bit
     PNG/TIFF, mask 0/255 8-bit. ``nii``: ``out_dir/<subject>/{mri,ct,mask}.nii.gz``
-    with one affine (1 mm voxels), data stored as [column, row, slice].
+    with one affine (1 mm voxels), data stored as [column, row, slice]; the
+    affine says columns run to the patient's left, rows to posterior and
+    slices to superior (LPS), which is how the phantom is drawn, so
+    ``volumes.read_volume`` gives back the slices as ``make_subject`` made them.
     """
     from keras_vaegan.data.writers import write_slice
 
@@ -146,7 +149,7 @@ def _write_nifti_subject(folder: str, subject: PhantomSubject) -> list[str]:
             from None
     from keras_vaegan.data.atomic import atomic_path
 
-    affine = np.eye(4)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS world: +column = L, +row = P, +slice = S
     written = []
     for name, volume, dtype in (("mri", subject.mri, np.float32), ("ct", subject.ct, np.float32),
                                 ("mask", subject.mask, np.uint8)):

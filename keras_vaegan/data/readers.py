@@ -1,8 +1,9 @@
-"""Read 2-D image slices (png, jpg, tif, npy) into float arrays in file units.
+"""Find input files, and read 2-D image slices (png, jpg, tif, npy) into float arrays.
 
-``read_slices`` is the one entry point the pipeline and ``predict`` use; the
-volume readers (DICOM series, NIfTI) plug in beside ``read_slice`` and return
-the same ``Slice`` records. Every problem with a file becomes a
+``find_images`` lists every supported file below a folder: 2-D slices and
+the volume files (``.nii``, ``.nii.gz``, ``.dcm``, and extensionless files
+that carry the DICOM ``DICM`` marker) that ``keras_vaegan.data.volumes``
+reads. ``read_slice`` reads one 2-D slice. Every problem with a file becomes a
 ``VAEGANError`` naming the file, never a raw Pillow or numpy exception.
 
 CT convention: unsigned 16-bit PNG/TIFF hold HU + 1024; signed or float TIFF
@@ -22,6 +23,9 @@ from keras_vaegan.data.units import normalise_modality
 from keras_vaegan.errors import VAEGANError
 
 SLICE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+DICOM_EXTENSIONS = (".dcm",)
+IMAGE_EXTENSIONS = SLICE_EXTENSIONS + NIFTI_EXTENSIONS + DICOM_EXTENSIONS
 CT_PNG_OFFSET = 1024  # unsigned 16-bit CT files store HU + 1024
 MIN_SIDE = 8
 MAX_SIDE = 8192
@@ -38,30 +42,68 @@ class Slice:
 
 
 def _extension(path: str) -> str:
-    return os.path.splitext(path)[1].lower()
+    """The lower-case extension, ``.nii.gz`` counted as one."""
+    name = os.path.basename(path).lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return os.path.splitext(name)[1]
 
 
 def _listed(name: str) -> bool:
     return not name.startswith(".")  # hidden files and our own ".tmp-*" files
 
 
+def has_dicom_marker(path: str | os.PathLike) -> bool:
+    """True for a file with the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """'slice', 'nifti' or 'dicom' for a supported file name, else None.
+
+    A file without extension counts as DICOM when it carries the DICOM
+    marker (scanner exports such as ``IM0001``); ``DICOMDIR`` never does.
+    """
+    path = os.fspath(path)
+    ext = _extension(path)
+    if ext in SLICE_EXTENSIONS:
+        return "slice"
+    if ext in NIFTI_EXTENSIONS:
+        return "nifti"
+    if ext in DICOM_EXTENSIONS:
+        return "dicom"
+    if ext == "" and os.path.basename(path).upper() != "DICOMDIR" and has_dicom_marker(path):
+        return "dicom"
+    return None
+
+
 def find_images(root: str | os.PathLike) -> list[str]:
-    """A supported image file, or every supported image below a folder, sorted."""
+    """A supported image file, or every supported image below a folder, sorted.
+
+    Supported: 2-D slices (``SLICE_EXTENSIONS``) and volume files (``.nii``,
+    ``.nii.gz``, ``.dcm``, extensionless DICOM).
+    """
     root = os.fspath(root)
     if os.path.isfile(root):
-        if _extension(root) not in SLICE_EXTENSIONS:
+        if file_kind(root) is None:
             raise VAEGANError(root, f"unsupported file type '{_extension(root) or 'none'}' "
-                                    f"(supported: {', '.join(SLICE_EXTENSIONS)})")
+                                    f"(supported: {', '.join(IMAGE_EXTENSIONS)})")
         return [root]
     if not os.path.isdir(root):
         raise VAEGANError(root, "no such file or folder")
     found = []
     for folder, subfolders, files in os.walk(root, onerror=None):
         subfolders[:] = sorted(d for d in subfolders if _listed(d))
-        found.extend(os.path.join(folder, name) for name in files
-                     if _listed(name) and _extension(name) in SLICE_EXTENSIONS)
+        found.extend(path for path in (os.path.join(folder, name) for name in files
+                                       if _listed(name))
+                     if file_kind(path) is not None)
     if not found:
-        raise VAEGANError(root, f"no images ({', '.join(SLICE_EXTENSIONS)}) found")
+        raise VAEGANError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return sorted(found)
 
 
@@ -71,6 +113,9 @@ def read_slice(path: str | os.PathLike, modality: str) -> Slice:
     modality = normalise_modality(modality)
     ext = _extension(path)
     if ext not in SLICE_EXTENSIONS:
+        if file_kind(path) in ("nifti", "dicom"):
+            raise VAEGANError(path, "is a volume, not a 2-D slice; read it with "
+                                    "keras_vaegan.data.volumes")
         raise VAEGANError(path, f"unsupported file type '{ext or 'none'}' "
                                 f"(supported: {', '.join(SLICE_EXTENSIONS)})")
     try:

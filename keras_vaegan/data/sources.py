@@ -1,4 +1,4 @@
-"""Where training slices come from: user folders or the built-in phantom.
+"""Where training slices come from: user folders (slices, NIfTI, DICOM) or the built-in phantom.
 
 Returns slices already in model units ([-1, 1]) and the units they were in,
 so the run records them and ``predict`` inverts them exactly.
@@ -7,13 +7,14 @@ so the run records them and ``predict`` inverts them exactly.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from keras_vaegan.config import Config
-from keras_vaegan.data import phantom
-from keras_vaegan.data.readers import find_images, read_slice
+from keras_vaegan.data import phantom, readers, volumes
+from keras_vaegan.data.readers import read_slice
 from keras_vaegan.data.units import map_for, mri_map, modality_units
 from keras_vaegan.errors import VAEGANError
 
@@ -31,8 +32,14 @@ class TrainingData:
     source: str  # "phantom" or a description of the folders
 
 
-def split_data_root(root: str) -> tuple[str, str]:
-    """``ROOT`` with subfolders mri/mr/trainA and ct/trainB (any case) -> (mri_dir, ct_dir)."""
+def split_data_root(root: str) -> tuple[list[str], list[str]]:
+    """The MRI and CT inputs of a ``--data ROOT`` folder -> (mri paths, ct paths).
+
+    Either ``ROOT`` has subfolders mri/mr/trainA and ct/trainB (any case),
+    or it holds subjects in the SynthRAD layout: folders with an MRI volume
+    ``mr``/``mri`` (``.nii``, ``.nii.gz``, or a DICOM folder of that name)
+    and a CT volume ``ct`` (masks and other files are ignored).
+    """
     if not os.path.isdir(root):
         raise VAEGANError(root, "no such folder")
     found = {}
@@ -44,23 +51,111 @@ def split_data_root(root: str) -> tuple[str, str]:
             found.setdefault("mri", path)
         elif name.lower() in CT_FOLDER_NAMES:
             found.setdefault("ct", path)
-    for modality, names in (("mri", MRI_FOLDER_NAMES), ("ct", CT_FOLDER_NAMES)):
-        if modality not in found:
-            raise VAEGANError(root, f"no {modality.upper()} subfolder (expected one of: "
-                                    f"{', '.join(names)}, any case); or use --mri-dir/--ct-dir")
-    return found["mri"], found["ct"]
+    if len(found) == 2:
+        return [found["mri"]], [found["ct"]]
+    mri, ct = find_subject_volumes(root)
+    if mri and ct:
+        return mri, ct
+    if found or mri or ct:
+        missing = "CT" if "mri" in found or mri else "MRI"
+    else:
+        missing = "MRI"
+    names = MRI_FOLDER_NAMES if missing == "MRI" else CT_FOLDER_NAMES
+    raise VAEGANError(root, f"no {missing} subfolder (expected one of: {', '.join(names)}, any "
+                            "case) and no subjects with mr/mri and ct volumes "
+                            "(SUBJECT/mr.nii.gz, SUBJECT/ct.nii.gz); or use --mri-dir/--ct-dir")
 
 
-def read_folder(folder: str, modality: str, config: Config) -> tuple[list[np.ndarray], str, list]:
-    """Read every slice of ``folder`` -> (slices in [-1, 1], units name, intensity maps)."""
-    slices = [read_slice(path, modality) for path in find_images(folder)]
+def find_subject_volumes(root: str) -> tuple[list[str], list[str]]:
+    """SynthRAD-style subjects below ``root``: (MRI volume paths, CT volume paths), sorted."""
+    mri, ct = [], []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(files) + subfolders:
+            path = os.path.join(folder, name)
+            role = subject_role(path)
+            if role == "mri":
+                mri.append(path)
+            elif role == "ct":
+                ct.append(path)
+        # a DICOM folder named mr/ct is one volume: do not look inside it again
+        subfolders[:] = [d for d in subfolders if subject_role(os.path.join(folder, d)) is None]
+    return mri, ct
+
+
+def subject_role(path: str) -> str | None:
+    """'mri' / 'ct' for a SynthRAD-style subject entry: mr.nii.gz, ct.nii.gz, a ct/ DICOM folder."""
+    if not (os.path.isdir(path) or readers.file_kind(path) in ("nifti", "dicom")):
+        return None
+    role = volumes.subject_role(path)
+    return role if role in ("mri", "ct") else None
+
+
+def read_folder(paths: str | list[str], modality: str, config: Config
+                ) -> tuple[list[np.ndarray], str, list]:
+    """Read every slice and volume under ``paths`` -> (slices in [-1, 1], units name, maps).
+
+    2-D slices are mapped one by one (MRI by its own percentiles); volumes
+    are cut into axial slices, MRI scaled by the percentiles of the whole
+    volume, and with ``config.body_slices_only`` only slices that show body
+    are kept. Volumes hold HU (CT) or MRI intensities, so they mix only with
+    16-bit or float slices, not with 8-bit ones.
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    where = os.fspath(paths[0]) if len(paths) == 1 else os.path.commonpath(
+        [os.path.abspath(p) for p in paths])
+    slice_files: list[str] = []
+    sources: list[volumes.VolumeSource] = []
+    for path in paths:
+        found, vols = volumes.find_inputs(path, modality)
+        slice_files.extend(found)
+        sources.extend(vols)
+    slices = [read_slice(path, modality) for path in slice_files]
     kinds = {modality_units(s.bit_depth, modality) for s in slices}
+    volume_units = modality_units("float", modality)
+    if sources and kinds - {volume_units}:
+        raise VAEGANError(where, f"mixes volumes ({volume_units}) with 8-bit slices (uint8): "
+                                 "their units disagree; convert the slices to 16-bit/float "
+                                 f"{'HU' if modality == 'ct' else 'intensities'} or train on "
+                                 "one kind")
     if len(kinds) > 1:
-        raise VAEGANError(folder, f"mixed intensity units ({', '.join(sorted(kinds))}): "
-                                  "use only 8-bit or only 16-bit/float images per modality")
-    units = kinds.pop()
+        raise VAEGANError(where, f"mixed intensity units ({', '.join(sorted(kinds))}): "
+                                 "use only 8-bit or only 16-bit/float images per modality")
+    units = kinds.pop() if kinds else volume_units
     maps = [map_for(units, s.pixels, config) for s in slices]
-    return [m.to_unit(s.pixels) for m, s in zip(maps, slices)], units, maps
+    out = [m.to_unit(s.pixels) for m, s in zip(maps, slices)]
+    for source in sources:
+        volume = volumes.read_volume(source, modality)
+        mapping = map_for(units, volume.voxels, config)
+        unit = mapping.to_unit(volume.voxels)
+        keep = body_slices(volume.voxels, mapping, modality, config)
+        if not keep.any():
+            warnings.warn(f"{volume.path}: no slice shows body (body_slices_only); skipped",
+                          stacklevel=2)
+            continue
+        out.extend(unit[k] for k in np.flatnonzero(keep))
+        maps.append(mapping)
+    if not out:
+        raise VAEGANError(where, "no slice shows body; check the units or set "
+                                 "body_slices_only=false")
+    return out, units, maps
+
+
+def body_slices(voxels: np.ndarray, mapping, modality: str, config: Config) -> np.ndarray:
+    """Which axial slices of a volume to train on (all, unless ``body_slices_only``).
+
+    Body is CT above ``body_threshold_hu``, or MRI above
+    ``body_threshold_mri`` of the volume's robust range; a slice is kept when
+    at least ``body_min_fraction`` of its pixels are body.
+    """
+    if not config.body_slices_only:
+        return np.ones(voxels.shape[0], bool)
+    if modality == "ct":
+        threshold = config.body_threshold_hu
+    else:
+        threshold = mapping.low + config.body_threshold_mri * (mapping.high - mapping.low)
+    fraction = (voxels > threshold).reshape(voxels.shape[0], -1).mean(axis=1)
+    return fraction >= max(config.body_min_fraction, 1e-9)
 
 
 def load_training_data(config: Config, data_root: str | None = None, mri_dir: str | None = None,
@@ -71,15 +166,23 @@ def load_training_data(config: Config, data_root: str | None = None, mri_dir: st
     if bool(mri_dir) != bool(ct_dir):
         raise VAEGANError(mri_dir or ct_dir, "--mri-dir and --ct-dir go together")
     if data_root:
-        mri_dir, ct_dir = split_data_root(data_root)
-    if not mri_dir:
+        mri_paths, ct_paths = split_data_root(data_root)
+    elif mri_dir:
+        mri_paths, ct_paths = [mri_dir], [ct_dir]
+    else:
         return phantom_training_data(config)
-    mri, mri_units, mri_maps = read_folder(mri_dir, "mri", config)
-    ct, ct_units, _ = read_folder(ct_dir, "ct", config)
+    mri, mri_units, mri_maps = read_folder(mri_paths, "mri", config)
+    ct, ct_units, _ = read_folder(ct_paths, "ct", config)
     reference = _reference_range(mri_maps) if mri_units == "percentile" else (0.0, 255.0)
     config = config.replace(mri_units=mri_units, ct_units=ct_units, mri_reference_range=reference)
-    return TrainingData(mri, ct, config, source=f"MRI {mri_dir} ({len(mri)} slices), "
-                                                f"CT {ct_dir} ({len(ct)} slices)")
+    return TrainingData(mri, ct, config, source=f"MRI {_describe(mri_paths)} ({len(mri)} slices), "
+                                                f"CT {_describe(ct_paths)} ({len(ct)} slices)")
+
+
+def _describe(paths: list[str]) -> str:
+    if len(paths) == 1:
+        return os.fspath(paths[0])
+    return f"{len(paths)} volumes under {os.path.commonpath([os.path.abspath(p) for p in paths])}"
 
 
 def phantom_training_data(config: Config) -> TrainingData:

@@ -1,4 +1,4 @@
-"""Translate whole slices (MRI -> CT in HU, or CT -> MRI) with a trained run.
+"""Translate whole slices and volumes (MRI -> CT in HU, or CT -> MRI) with a trained run.
 
 Every slice is translated at its native resolution: padded with -1 (air) up
 to a multiple of the generator's total stride, translated, and cropped back,
@@ -10,6 +10,9 @@ latent ``K`` times and returns the mean and the per-pixel standard deviation
 them to model units with the units the run was trained on, and writes the
 outputs in the target modality's units (HU for CT) through the atomic
 writers, one output per input with the same name, plus an ``overview.png``.
+A volume (NIfTI file, DICOM series) is translated axial slice by axial slice
+(``translate_volume``) and written back on its own grid: NIfTI in, NIfTI
+out; DICOM series in, a derived DICOM series out.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from keras_vaegan.data import readers, units, writers
+from keras_vaegan.data import readers, units, volumes, writers
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.runs import LoadedRun, find_newest_run, load_run
 
-__all__ = ["DIRECTIONS", "FORMATS", "LoadedRun", "find_newest_run", "load_run", "predict",
-           "translate_slice", "translate_slices"]
+__all__ = ["DIRECTIONS", "FORMATS", "LoadedRun", "TranslatedVolume", "find_newest_run",
+           "load_run", "predict", "translate_slice", "translate_slices", "translate_volume"]
 
 DIRECTIONS = ("mri2ct", "ct2mri")
 FORMATS = ("same", "png", "npy")
@@ -158,6 +161,52 @@ def output_map(modality: str, config) -> tuple[str, units.IntensityMap]:
     return name, units.IntensityMap(*(float(v) for v in config.mri_reference_range))
 
 
+def volume_input_map(volume: volumes.Volume, modality: str, config) -> units.IntensityMap:
+    """File units -> model units for a whole volume: the CT window, or the volume's MRI percentiles."""
+    return input_map(readers.Slice(path=volume.path, pixels=volume.voxels, bit_depth="float"),
+                     modality, config)
+
+
+def volume_output_map(modality: str, config, path: str | None = None) -> units.IntensityMap:
+    """The output map for a volume; refuses CT output from a run that never saw HU."""
+    name, mapping = output_map(modality, config)
+    if modality == "ct" and name != "hu":
+        raise VAEGANError(path, "this run was trained on 8-bit CT, which holds no Hounsfield "
+                                "units; a CT volume needs a run trained on CT in HU")
+    return mapping
+
+
+@dataclass
+class TranslatedVolume:
+    """A volume translated slice by slice: canonical [slices, rows, cols] arrays."""
+
+    unit_input: np.ndarray  # the input in model units
+    unit_mean: np.ndarray  # the translation in model units
+    mean: np.ndarray  # the translation in output units (HU for CT)
+    std: np.ndarray | None  # per-voxel std over latent draws in output units (samples > 1)
+
+
+def translate_volume(run: LoadedRun, volume: volumes.Volume, direction: str = "mri2ct",
+                     samples: int = 1, batch_size: int = 4,
+                     on_done: Callable[[int], None] | None = None) -> TranslatedVolume:
+    """Translate every axial slice of a volume (in batches) and map back to output units."""
+    source, target = _source_target(direction)
+    if volume.modality != source:
+        raise VAEGANError(volume.path, f"was read as {volume.modality.upper()}, but {direction} "
+                                       f"translates {source.upper()}")
+    map_in = volume_input_map(volume, source, run.config)
+    map_out = volume_output_map(target, run.config, volume.path)
+    unit_input = map_in.to_unit(volume.voxels)
+    results = translate_slices(run.model, list(unit_input), direction, samples, batch_size,
+                               on_done=on_done)
+    unit_mean = np.stack([mean for mean, _ in results])
+    std = None
+    if samples > 1:
+        std = np.stack([s for _, s in results]) * np.float32((map_out.high - map_out.low) / 2.0)
+    return TranslatedVolume(unit_input=unit_input, unit_mean=unit_mean,
+                            mean=map_out.from_unit(unit_mean), std=std)
+
+
 # --- predict ------------------------------------------------------------------------------
 
 
@@ -170,15 +219,28 @@ class _Job:
     std_output: str | None
 
 
+@dataclass
+class _VolumeJob:
+    """One input volume and where its output (a NIfTI file or a DICOM series folder) goes."""
+
+    source: volumes.VolumeSource
+    output: str
+    std_output: str | None
+
+
 def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             run: LoadedRun | str | os.PathLike | None = None, direction: str = "mri2ct",
             samples: int = 1, fmt: str = "same", batch_size: int = 4,
             progress: bool = True) -> list[str]:
-    """Translate every slice under ``input_path`` into ``output_dir``; return the written paths.
+    """Translate every slice and volume under ``input_path`` into ``output_dir``; return the paths.
 
-    Every input is read and every output name checked before anything is
-    written; any problem raises ``VAEGANError`` and leaves ``output_dir`` as
-    it was.
+    2-D slices: every input is read and every output name checked before
+    anything is written; one output per input, same name. Volumes: a NIfTI
+    file gives a NIfTI file of the same name on the same grid, a DICOM series
+    gives a DICOM series folder (``_std`` beside each for ``samples > 1``).
+    Volume headers are checked before anything is written; a volume's
+    voxels are read when it is translated, and every output appears whole or
+    not at all. Any problem raises ``VAEGANError``; inputs are never overwritten.
     """
     source, target = _source_target(direction)
     if fmt not in FORMATS:
@@ -192,38 +254,73 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
     _check_output_dir(input_path, output_dir)
 
-    files = readers.find_images(input_path)
+    files, sources = volumes.find_inputs(input_path, source)
+    if os.path.isdir(input_path):
+        files, sources = _source_role_only(input_path, files, sources, source)
+    if sources and fmt != "same":
+        raise VAEGANError(sources[0].path, f"--format {fmt} is for 2-D slices; volumes are "
+                                           "written like their input (NIfTI or DICOM): use "
+                                           "--format same")
     pieces = [readers.read_slice(path, source) for path in files]
+    names = volumes.input_names(input_path, files, sources)
     if not isinstance(run, LoadedRun):
         run = load_run(run)
     config, model = run.config, run.model
     maps_in = [input_map(piece, source, config) for piece in pieces]
     out_units, map_out = output_map(target, config)
-    jobs = _plan_outputs(input_path, output_dir, pieces, out_units, fmt, samples)
+    if sources:
+        volume_output_map(target, config, sources[0].path)
+    taken: dict[str, str] = {os.path.normcase(os.path.join(output_dir, OVERVIEW_NAME)).lower():
+                             "the overview image"}
+    inputs = {_real(p.path) for p in pieces} | {_real(f) for s in sources for f in s.files}
+    jobs = _plan_outputs(output_dir, pieces, names, out_units, fmt, samples, taken, inputs)
+    volume_jobs = _plan_volume_outputs(output_dir, sources, names, samples, taken, inputs)
 
-    counter = _Progress(len(jobs), f"predict {direction}") if progress else None
+    total = len(jobs) + sum(s.slice_count for s in sources)
+    counter = _Progress(total, f"predict {direction}") if progress else None
     written: list[str] = []
     overview_rows: list[list[np.ndarray]] = []
     overview_names: list[str] = []
-    chunk = batch_size * _CHUNK_BATCHES
-    for start in range(0, len(jobs), chunk):
-        part = list(range(start, min(start + chunk, len(jobs))))
-        unit_inputs = [maps_in[i].to_unit(jobs[i].piece.pixels) for i in part]
-        results = translate_slices(model, unit_inputs, direction, samples, batch_size,
-                                   on_done=counter.advance if counter else None)
-        for i, unit_input, (mean, std) in zip(part, unit_inputs, results):
-            job = jobs[i]
-            writers.write_slice(job.output, map_out.from_unit(mean), out_units, target)
-            written.append(job.output)
-            if std is not None:
-                std_out = std * np.float32((map_out.high - map_out.low) / 2.0)
-                writers.write_slice(job.std_output, std_out, out_units, target)
-                written.append(job.std_output)
+    try:
+        chunk = batch_size * _CHUNK_BATCHES
+        for start in range(0, len(jobs), chunk):
+            part = list(range(start, min(start + chunk, len(jobs))))
+            unit_inputs = [maps_in[i].to_unit(jobs[i].piece.pixels) for i in part]
+            results = translate_slices(model, unit_inputs, direction, samples, batch_size,
+                                       on_done=counter.advance if counter else None)
+            for i, unit_input, (mean, std) in zip(part, unit_inputs, results):
+                job = jobs[i]
+                writers.write_slice(job.output, map_out.from_unit(mean), out_units, target)
+                written.append(job.output)
+                if std is not None:
+                    std_out = std * np.float32((map_out.high - map_out.low) / 2.0)
+                    writers.write_slice(job.std_output, std_out, out_units, target)
+                    written.append(job.std_output)
+                if len(overview_rows) < OVERVIEW_ROWS:
+                    overview_rows.append(_overview_row(unit_input, mean, std))
+                    overview_names.append(os.path.basename(job.piece.path))
+
+        for job in volume_jobs:
+            volume = volumes.read_volume(job.source, source)
+            result = translate_volume(run, volume, direction, samples, batch_size,
+                                      on_done=counter.advance if counter else None)
+            study_uid = _new_uid() if volume.kind == "dicom" else None
+            written.extend(volumes.write_volume(job.output, volume, result.mean, target, "mean",
+                                                study_uid))
+            if result.std is not None:
+                written.extend(volumes.write_volume(job.std_output, volume, result.std, target,
+                                                    "std", study_uid))
             if len(overview_rows) < OVERVIEW_ROWS:
-                overview_rows.append(_overview_row(unit_input, mean, std))
-                overview_names.append(os.path.basename(job.piece.path))
-    if counter:
-        counter.close()
+                middle = volume.voxels.shape[0] // 2
+                unit_std = None
+                if result.std is not None:
+                    unit_std = result.std[middle] / np.float32((map_out.high - map_out.low) / 2.0)
+                overview_rows.append(_overview_row(result.unit_input[middle],
+                                                   result.unit_mean[middle], unit_std))
+                overview_names.append(f"{os.path.basename(job.output)} [{middle}]")
+    finally:
+        if counter:  # end the progress line, also when an error follows
+            counter.close()
 
     overview = os.path.join(output_dir, OVERVIEW_NAME)
     titles = [source.upper(), f"synthetic {target.upper()}"] + (["std (scaled)"] if samples > 1
@@ -231,6 +328,31 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     writers.write_overview_png(overview, overview_rows, titles, row_titles=overview_names)
     written.append(overview)
     return written
+
+
+def _source_role_only(root: str, files: list[str], sources: list, modality: str):
+    """In SynthRAD-style subjects, skip the images named for another role (ct, mask, sct).
+
+    ``SUBJECT/{mr,ct,mask}.nii.gz``: mri2ct translates ``mr`` only, ct2mri
+    ``ct`` only; images with other names are all translated.
+    """
+    def keep(path: str) -> bool:
+        relative = os.path.relpath(path, root)
+        role = volumes.subject_role(relative) if relative != "." else None
+        return role is None or role == modality
+
+    kept_files = [f for f in files if keep(f)]
+    kept = [s for s in sources if keep(s.files[0] if s.kind == "nifti" else s.path)]
+    if not kept_files and not kept:
+        raise VAEGANError(root, f"no {modality.upper()} images: files named for another role "
+                                "(ct, mask, sct / mr) are skipped in subject folders")
+    return kept_files, kept
+
+
+def _new_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid()
 
 
 def _check_output_dir(input_path: str, output_dir: str) -> None:
@@ -254,33 +376,77 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
-def _plan_outputs(input_path: str, output_dir: str, pieces: list[readers.Slice],
-                  out_units: str, fmt: str, samples: int) -> list[_Job]:
-    """Output (and std) path of every input; refuses names that collide or hit an input."""
-    inputs = {os.path.normcase(os.path.realpath(p.path)): p.path for p in pieces}
-    taken: dict[str, str] = {os.path.normcase(os.path.join(output_dir, OVERVIEW_NAME)).lower():
-                             "the overview image"}
+def _real(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _claim(path: str, owner: str, taken: dict[str, str], inputs: set[str]) -> None:
+    """Refuse an output name that another input also gets, or that is an input file."""
+    key = os.path.normcase(path).lower()
+    if key in taken:
+        raise VAEGANError(owner, f"its output {path} would also be written for "
+                                 f"{taken[key]}; rename one or use another --format")
+    taken[key] = owner
+    if _real(path) in inputs:
+        raise VAEGANError(path, "output would overwrite an input file; choose another "
+                                "output folder")
+
+
+def _plan_outputs(output_dir: str, pieces: list[readers.Slice], names: dict, out_units: str,
+                  fmt: str, samples: int, taken: dict[str, str], inputs: set[str]) -> list[_Job]:
+    """Output (and std) path of every input slice; refuses names that collide or hit an input."""
     jobs = []
     for piece in pieces:
-        if os.path.isdir(input_path):
-            relative = os.path.relpath(piece.path, input_path)
-        else:
-            relative = os.path.basename(piece.path)
-        stem, ext = os.path.splitext(relative)
+        stem, ext = os.path.splitext(volumes.name_of(names, piece.path))
         ext = _output_extension(ext, fmt, out_units)
         output = os.path.join(output_dir, stem + ext)
         std_output = os.path.join(output_dir, f"{stem}_std{ext}") if samples > 1 else None
         for path in filter(None, (output, std_output)):
-            key = os.path.normcase(path).lower()
-            if key in taken:
-                raise VAEGANError(piece.path, f"its output {path} would also be written for "
-                                              f"{taken[key]}; rename one or use another --format")
-            taken[key] = piece.path
-            real = os.path.normcase(os.path.realpath(path))
-            if real in inputs:
-                raise VAEGANError(path, "output would overwrite an input file; choose another "
-                                        "output folder")
+            _claim(path, piece.path, taken, inputs)
         jobs.append(_Job(piece, output, std_output))
+    return jobs
+
+
+def _plan_volume_outputs(output_dir: str, sources: list[volumes.VolumeSource], names: dict,
+                         samples: int, taken: dict[str, str], inputs: set[str]
+                         ) -> list[_VolumeJob]:
+    """Output file (NIfTI) or series folder (DICOM) of every volume, and its ``_std`` twin.
+
+    A series folder replaces an earlier output folder of the same name, so
+    it must hold no input and nothing but DICOM files, and no other output
+    may lie inside it.
+    """
+    jobs = []
+    folders = []
+    for source in sources:
+        name = volumes.name_of(names, source)
+        if source.kind == "nifti":
+            ext = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
+            stem = name[: -len(ext)]
+            output = os.path.join(output_dir, name)
+            std_output = os.path.join(output_dir, f"{stem}_std{ext}") if samples > 1 else None
+        else:
+            output = os.path.join(output_dir, name)
+            std_output = os.path.join(output_dir, f"{name}_std") if samples > 1 else None
+            folders.extend(filter(None, (output, std_output)))
+        for path in filter(None, (output, std_output)):
+            _claim(path, source.path, taken, inputs)
+        jobs.append(_VolumeJob(source, output, std_output))
+    for folder in folders:
+        inside = _real(folder) + os.sep
+        for path in inputs:
+            if path.startswith(inside):
+                raise VAEGANError(folder, f"output series folder holds an input ({path}); "
+                                          "choose another output folder")
+        for key, owner in taken.items():
+            if key.startswith(os.path.normcase(folder).lower() + os.sep):
+                raise VAEGANError(owner, f"its output {key} would lie inside the DICOM series "
+                                         f"folder {folder}; rename one")
+        if os.path.isdir(folder):
+            for _, _, found in os.walk(folder):
+                if any(not f.lower().endswith(".dcm") for f in found):
+                    raise VAEGANError(folder, "output series folder exists and holds files that "
+                                              "are not DICOM; choose another output folder")
     return jobs
 
 

@@ -25,7 +25,12 @@ from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
 from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss
-from keras_vaegan.training.optimizers import OPTIMIZER_NAMES, OptimizerGroup, make_optimizers
+from keras_vaegan.training.optimizers import (
+    OPTIMIZER_NAMES,
+    OptimizerGroup,
+    make_optimizers,
+    with_loss_scaling,
+)
 
 LOSS_TERMS = ("g_loss", "adv_ct", "adv_mri", "cycle", "identity", "kl", "d_ct", "d_mri")
 
@@ -84,6 +89,16 @@ class VAECycleGAN(keras.Model):
         return net(images, training=False, sample=sample)[0]
 
     @property
+    def generator_updates(self) -> list:
+        """(sub-model, optimizer) pairs updated by L_G, in order."""
+        return [(self.g_ct, self.g_ct_optimizer), (self.g_mri, self.g_mri_optimizer)]
+
+    @property
+    def discriminator_updates(self) -> list:
+        """(sub-model, optimizer) pairs updated by L_D, in order."""
+        return [(self.d_ct, self.d_ct_optimizer), (self.d_mri, self.d_mri_optimizer)]
+
+    @property
     def generator_variables(self) -> list:
         return self.g_ct.trainable_variables + self.g_mri.trainable_variables
 
@@ -98,9 +113,10 @@ class VAECycleGAN(keras.Model):
         defaults = make_optimizers(self.settings)
         given = dict(g_ct_optimizer=g_ct_optimizer, g_mri_optimizer=g_mri_optimizer,
                      d_ct_optimizer=d_ct_optimizer, d_mri_optimizer=d_mri_optimizer)
+        float16 = keras.mixed_precision.dtype_policy().name == "mixed_float16"
         for name in OPTIMIZER_NAMES:
-            opt = given[name] if given[name] is not None else defaults[name]
-            setattr(self, name, keras.optimizers.get(opt))
+            opt = keras.optimizers.get(given[name] if given[name] is not None else defaults[name])
+            setattr(self, name, with_loss_scaling(opt) if float16 else opt)
         self.adversarial_kind = adversarial_loss or self.settings.adversarial_loss
         backend = keras.backend.backend()
         kwargs.setdefault("jit_compile", self.settings.jit_compile if backend == "tensorflow"

@@ -21,11 +21,13 @@ from keras_vaegan.data.sources import load_training_data
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.models.vaecyclegan import VAECycleGAN
 from keras_vaegan.training.callbacks import (
+    GracefulInterrupt,
     ResumableCheckpoint,
     SnapshotCallback,
     read_checkpoint_state,
     restore_checkpoint,
 )
+from keras_vaegan.training.distribution import setup_distribution
 from keras_vaegan.training.precision import apply_precision
 
 MODEL_FILE = "model.keras"
@@ -39,14 +41,18 @@ def default_run_dir(root: str = "savedmodels") -> str:
 def fit(config: Config, output: str | None = None, data_root: str | None = None,
         mri_dir: str | None = None, ct_dir: str | None = None, resume: bool = False,
         validation_data: str | None = None, verbose: int | str = "auto",
-        callbacks: list | None = None) -> str:
+        callbacks: list | None = None, messages: bool | None = None) -> str:
     """Train (or resume) a run and return its directory.
 
     ``callbacks`` are extra Keras callbacks run after the run's own.
+    ``verbose`` is Keras's progress bar; ``messages`` (default: ``bool(verbose)``)
+    prints what the run is doing (data, policy, resume point) to stderr.
 
     ``resume`` continues from the last complete epoch in ``output/checkpoints``
     with the optimizers' state and the learning-rate schedule position.
     """
+    show = bool(verbose) if messages is None else messages
+    say = _print_message if show else (lambda text: None)
     run = output or default_run_dir()
     checkpoints = os.path.join(run, "checkpoints")
     if resume:
@@ -55,12 +61,27 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
     elif os.path.exists(os.path.join(run, MODEL_FILE)) or read_checkpoint_state(checkpoints):
         raise VAEGANError(run, "a run already exists here: use --resume to continue it "
                                "or --output for a new run")
+    previous_policy = keras.mixed_precision.dtype_policy()
+    try:
+        return _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume,
+                    validation_data, verbose, callbacks, say)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validation_data,
+         verbose, callbacks, say) -> str:
     policy = apply_precision(config.mixed_precision)
+    if config.jit_compile and policy == "mixed_bfloat16" and keras.backend.backend() == "tensorflow":
+        raise VAEGANError(None, "--jit-compile with bfloat16 fails in TensorFlow's XLA "
+                                "(bilinear upsampling gradients mix precisions); drop one of them")
+    distribution = setup_distribution(config.strategy, config.batch_size)
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config, data_root=data_root, mri_dir=mri_dir, ct_dir=ct_dir)
-    config = data.config
-    _say(verbose, f"data: {data.source}")
-    _say(verbose, f"backend: {keras.backend.backend()}, precision policy: {policy}")
+    config = data.config.replace(precision_policy=policy)
+    say(f"data: {data.source}")
+    say(f"backend: {keras.backend.backend()}, precision policy: {policy}, "
+                  f"distribution: {distribution.name} ({distribution.replicas} replica(s))")
     try:
         os.makedirs(os.path.join(run, "snapshots"), exist_ok=True)
     except OSError as err:
@@ -74,20 +95,22 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
         held_out = load_training_data(config, data_root=validation_data)
         validation = make_training_dataset(held_out.mri, held_out.ct, config, seed=config.seed + 7)
 
-    model = VAECycleGAN(config)
-    model.compile()
-    initial_epoch = restore_checkpoint(model, checkpoints) if resume else 0
+    with distribution.scope:
+        model = VAECycleGAN(config)
+        model.compile()
+        initial_epoch = restore_checkpoint(model, checkpoints) if resume else 0
     if resume:
-        _say(verbose, f"resuming after epoch {initial_epoch} of {config.epochs}")
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        ResumableCheckpoint(checkpoints),
+        say(f"resuming after epoch {initial_epoch} of {config.epochs}")
+    # Only the chief writes (multi-worker training); the others train in step.
+    interrupt = GracefulInterrupt()
+    writers = [
+        ResumableCheckpoint(checkpoints, interrupt=interrupt),
         SnapshotCallback(val_mri, val_ct, os.path.join(run, "snapshots")),
         keras.callbacks.CSVLogger(os.path.join(run, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(run, "logs"), write_graph=False,
                                     profile_batch=0),
-        *(callbacks or []),
-    ]
+    ] if distribution.is_chief else []
+    callbacks = [interrupt, keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
     if initial_epoch < config.epochs:
         history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
                             initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
@@ -95,10 +118,23 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
                             validation_data=validation,
                             validation_steps=max(1, config.steps_per_epoch // 10) if validation else None)
         _check_finite(history, run)
-    with atomic_path(os.path.join(run, MODEL_FILE)) as tmp:
-        model.save(tmp)
-    _say(verbose, f"saved {os.path.join(run, MODEL_FILE)}")
+        if interrupt.requested:
+            raise TrainingInterrupted(run, read_checkpoint_state(checkpoints))
+    if distribution.is_chief:
+        with atomic_path(os.path.join(run, MODEL_FILE)) as tmp:
+            model.save(tmp)
+        say(f"saved {os.path.join(run, MODEL_FILE)}")
     return run
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: training stopped after a step and a checkpoint was saved."""
+
+    def __init__(self, run: str, state: dict | None):
+        self.run = run
+        done = f"{state['iterations']} steps" if state else "no step"
+        super().__init__(f"interrupted: checkpoint saved ({done} done). Resume with: "
+                         f"python cli.py fit --resume --output {run}")
 
 
 def _check_finite(history, run: str) -> None:
@@ -108,6 +144,5 @@ def _check_finite(history, run: str) -> None:
                                "is kept in checkpoints/ (try a lower learning rate)")
 
 
-def _say(verbose, message: str) -> None:
-    if verbose:
-        print(message, file=sys.stderr, flush=True)
+def _print_message(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -2,30 +2,50 @@
 
 Variables stay float32 under every mixed policy; generator outputs,
 discriminator heads and losses are float32 by construction (their layers
-are created with ``dtype="float32"``; the losses cast).
+are created with ``dtype="float32"``; the losses cast). Under
+``mixed_float16`` every optimizer is wrapped in a ``LossScaleOptimizer``
+(``VAECycleGAN.compile``), which skips non-finite steps.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import keras
 
 from keras_vaegan.errors import VAEGANError
 
 POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return False
+    flags = set(text.split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def accelerator_available() -> bool:
+    adapter = importlib.import_module(
+        f"keras_vaegan.models.adapters.{keras.backend.backend()}_adapter")
+    return adapter.accelerator_available()
 
 
 def resolve_policy(mode: str) -> str:
     """Policy name for a ``--mixed-precision`` value.
 
-    ``auto`` stays float32 until the precision benchmark shows a gain on the
-    machine at hand; ``float16`` needs per-optimizer loss scaling, which the
-    train step does not do yet, so it is refused rather than run unscaled.
+    ``auto``: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native
+    bf16, float32 otherwise.
     """
     if mode == "auto":
-        return "float32"
-    if mode == "float16":
-        raise VAEGANError(None, "--mixed-precision float16 is not supported yet "
-                                "(it needs loss scaling); use bfloat16 or off")
+        if accelerator_available():
+            return "mixed_float16"
+        return "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
     if mode not in POLICIES:
         raise VAEGANError(None, f"unknown --mixed-precision '{mode}' (auto, off, float16, bfloat16)")
     return POLICIES[mode]

@@ -4,8 +4,10 @@ Each loss is a pure function of the variable values, evaluated inside a
 ``keras.StatelessScope`` (the sub-models are called as usual and read their
 variables from the scope); ``jax.value_and_grad`` differentiates it, and each
 optimizer's ``stateless_apply`` updates its own sub-model. Non-trainable
-state (seed generators, the history pool) and the metric trackers are
-threaded through the scope as well, so the whole step can be jitted.
+state (seed generators, the history pool), the optimizers' state (loss
+scales included) and the metric trackers are threaded through as values, so
+the whole step is jitted. Under ``keras.distribution.DataParallel`` the step
+sees the global batch, so means are already over the global batch.
 """
 
 from __future__ import annotations
@@ -13,29 +15,33 @@ from __future__ import annotations
 import jax
 import keras
 
+from keras_vaegan.errors import VAEGANError
 from keras_vaegan.models.vaecyclegan import unpack_batch
+from keras_vaegan.training.distribution import Distribution
+from keras_vaegan.training.optimizers import scale_ratios
+
+
+def accelerator_available() -> bool:
+    return any(device.platform != "cpu" for device in jax.devices())
+
+
+def distribution(strategy: str) -> Distribution:
+    """keras.distribution.DataParallel over the local devices (auto: several accelerators)."""
+    devices = jax.devices()
+    if strategy == "multiworker":
+        raise VAEGANError(None, "--strategy multiworker is TensorFlow only; with JAX, start "
+                                "each host with jax.distributed.initialize() and use mirrored")
+    if strategy == "auto" and (len(devices) < 2 or not accelerator_available()):
+        return Distribution("none")
+    if strategy not in ("auto", "mirrored"):
+        raise VAEGANError(None, f"unknown --strategy '{strategy}'")
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return Distribution("keras.distribution.DataParallel", len(devices), jax.process_index() == 0)
 
 
 def _positions(model, variables) -> list[int]:
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
     return [index[id(v)] for v in variables]
-
-
-def _loss_fn(model, objective, positions):
-    """f(values at positions, all trainable, all non-trainable) -> (loss, (aux, non-trainable))."""
-    trainable_refs = model.trainable_variables
-    non_trainable_refs = model.non_trainable_variables
-
-    def fn(selected, trainable, non_trainable):
-        values = list(trainable)
-        for i, value in zip(positions, selected):
-            values[i] = value
-        mapping = list(zip(trainable_refs, values)) + list(zip(non_trainable_refs, non_trainable))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            loss, aux = objective()
-        return loss, (aux, [scope.get_current_value(v) for v in non_trainable_refs])
-
-    return fn
 
 
 def _update_metrics(model, metrics_variables, terms):
@@ -48,45 +54,69 @@ def _update_metrics(model, metrics_variables, terms):
 def train_step(model, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     mri, ct = unpack_batch(data)
-    g_nets = [(model.g_ct, model.g_ct_optimizer), (model.g_mri, model.g_mri_optimizer)]
-    d_nets = [(model.d_ct, model.d_ct_optimizer), (model.d_mri, model.d_mri_optimizer)]
-    opt_values = dict(zip(
-        [id(opt) for opt in model.optimizer.optimizers],
-        model.optimizer.split(optimizer_variables)))
     trainable = list(trainable)
+    optimizers = model.optimizer.optimizers
+    opt_values = dict(zip([id(opt) for opt in optimizers],
+                          model.optimizer.split(optimizer_variables)))
+    trainable_refs = model.trainable_variables
+    non_trainable_refs = model.non_trainable_variables
 
-    def generator_objective():
-        total, terms, fakes = model.generator_objective(mri, ct, training=True)
-        return total, (terms, fakes)
-
-    def discriminator_objective(fakes):
-        def objective():
-            shown_ct, shown_mri = model.pooled_fakes(*fakes)
-            terms = model.discriminator_objective(mri, ct, shown_ct, shown_mri)
-            return terms["d_ct"] + terms["d_mri"], terms
-        return objective
+    def optimizer_mapping():
+        return [(v, value) for opt in optimizers
+                for v, value in zip(opt.variables, opt_values[id(opt)])]
 
     def update(nets, objective, non_trainable):
+        """One update: grads of ``objective`` for ``nets``, applied by their optimizers."""
         positions = _positions(model, [v for net, _ in nets for v in net.trainable_variables])
-        fn = _loss_fn(model, objective, positions)
-        (_, (aux, non_trainable)), grads = jax.value_and_grad(fn, has_aux=True)(
-            [trainable[i] for i in positions], trainable, non_trainable)
+        first_optimizer = nets[0][1]
+
+        def loss_fn(selected, non_trainable):
+            values = list(trainable)
+            for i, value in zip(positions, selected):
+                values[i] = value
+            mapping = (list(zip(trainable_refs, values))
+                       + list(zip(non_trainable_refs, non_trainable)) + optimizer_mapping())
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                loss, aux = objective()
+                scaled = first_optimizer.scale_loss(loss)
+            return scaled, (aux, [scope.get_current_value(v) for v in non_trainable_refs])
+
+        (_, (aux, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            [trainable[i] for i in positions], non_trainable)
+        with keras.StatelessScope(state_mapping=optimizer_mapping()):
+            ratios = [None if r is None else keras.ops.convert_to_tensor(r)
+                      for r in scale_ratios(nets)]
         start = 0
-        for net, optimizer in nets:
+        for (net, optimizer), ratio in zip(nets, ratios):
             count = len(net.trainable_variables)
             own = positions[start:start + count]
+            part = grads[start:start + count]
+            if ratio is not None:
+                part = [g * ratio.astype(g.dtype) for g in part]
             new_values, opt_values[id(optimizer)] = optimizer.stateless_apply(
-                opt_values[id(optimizer)], grads[start:start + count], [trainable[i] for i in own])
+                opt_values[id(optimizer)], part, [trainable[i] for i in own])
             for i, value in zip(own, new_values):
                 trainable[i] = value
             start += count
         return aux, non_trainable
 
-    (g_terms, fakes), non_trainable = update(g_nets, generator_objective, non_trainable)
-    fakes = tuple(jax.lax.stop_gradient(f) for f in fakes)
-    d_terms, non_trainable = update(d_nets, discriminator_objective(fakes), non_trainable)
+    def generator_objective():
+        total, terms, fakes = model.generator_objective(mri, ct, training=True)
+        return total, (terms, fakes)
+
+    (g_terms, fakes), non_trainable = update(model.generator_updates, generator_objective,
+                                             non_trainable)
+    fake_ct, fake_mri = (jax.lax.stop_gradient(f) for f in fakes)
+
+    def discriminator_objective():
+        shown_ct, shown_mri = model.pooled_fakes(fake_ct, fake_mri)
+        terms = model.discriminator_objective(mri, ct, shown_ct, shown_mri)
+        return terms["d_ct"] + terms["d_mri"], terms
+
+    d_terms, non_trainable = update(model.discriminator_updates, discriminator_objective,
+                                    non_trainable)
     logs, metrics_variables = _update_metrics(model, metrics_variables, {**g_terms, **d_terms})
-    optimizer_variables = [v for opt in model.optimizer.optimizers for v in opt_values[id(opt)]]
+    optimizer_variables = [v for opt in optimizers for v in opt_values[id(opt)]]
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 

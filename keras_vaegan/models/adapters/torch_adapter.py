@@ -1,20 +1,42 @@
-"""PyTorch: autograd ``backward`` per update, generators first, then discriminators."""
+"""PyTorch: autograd ``backward`` per update, generators first, then discriminators.
+
+Each update zeroes the gradients, back-propagates its own loss and applies
+only its own optimizers, so the discriminators never move with L_G and the
+generators never move with L_D. Multi-device training is not supported on
+this backend.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from keras_vaegan.errors import VAEGANError
 from keras_vaegan.models.vaecyclegan import unpack_batch
+from keras_vaegan.training.distribution import Distribution
+from keras_vaegan.training.optimizers import scale_ratios
 
 
-def _step(model, loss, nets_and_optimizers):
+def accelerator_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def distribution(strategy: str) -> Distribution:
+    if strategy == "auto":
+        return Distribution("none")
+    raise VAEGANError(None, f"--strategy {strategy}: multi-device training is not supported on "
+                            "the PyTorch backend; use --strategy none, or the TensorFlow or JAX backend")
+
+
+def _update(model, loss, nets_and_optimizers):
     model.zero_grad()
-    loss.backward()
+    nets_and_optimizers[0][1].scale_loss(loss).backward()
     with torch.no_grad():
-        for net, optimizer in nets_and_optimizers:
+        for (net, optimizer), ratio in zip(nets_and_optimizers, scale_ratios(nets_and_optimizers)):
             variables = net.trainable_variables
             grads = [v.value.grad if v.value.grad is not None else torch.zeros_like(v.value)
                      for v in variables]
+            if ratio is not None:
+                grads = [g * ratio for g in grads]
             optimizer.apply(grads, variables)
     model.zero_grad()
 
@@ -22,14 +44,12 @@ def _step(model, loss, nets_and_optimizers):
 def train_step(model, data):
     mri, ct = unpack_batch(data)
     g_total, terms, (fake_ct, fake_mri) = model.generator_objective(mri, ct, training=True)
-    # Only the generators' optimizers step: discriminator grads from L_G are discarded.
-    _step(model, g_total, [(model.g_ct, model.g_ct_optimizer), (model.g_mri, model.g_mri_optimizer)])
+    _update(model, g_total, model.generator_updates)
 
     shown_ct, shown_mri = model.pooled_fakes(fake_ct.detach(), fake_mri.detach())
     d_terms = model.discriminator_objective(mri, ct, shown_ct, shown_mri)
-    _step(model, d_terms["d_ct"] + d_terms["d_mri"],
-          [(model.d_ct, model.d_ct_optimizer), (model.d_mri, model.d_mri_optimizer)])
-    logs = {**{k: v.detach() for k, v in terms.items()}, **{k: v.detach() for k, v in d_terms.items()}}
+    _update(model, d_terms["d_ct"] + d_terms["d_mri"], model.discriminator_updates)
+    logs = {name: value.detach() for name, value in {**terms, **d_terms}.items()}
     return model.update_trackers(logs)
 
 

@@ -1,0 +1,105 @@
+"""Training throughput of the default model: images/s, GFLOP/s, % of peak, input wait.
+
+Runs ``VAECycleGAN.fit`` on the real tf.data pipeline (phantom slices at the
+image size), times each step with a callback (median after warm-up), then
+times the same steps on an in-memory batch; the difference is the share of
+step time spent waiting for input. Peak GFLOP/s comes from the latest
+results/peak-<backend>.json (run bench_peak.py first) or is measured here.
+
+    KERAS_BACKEND=tensorflow python benchmarks/bench_train.py --image-size 128 --batch-size 4 \
+        --steps 20 --mixed-precision bfloat16
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import common  # noqa: E402
+from flops import training_flops_per_image  # noqa: E402
+
+
+def step_times(model, dataset, steps: int, warmup: int) -> list[float]:
+    import keras
+
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            keras.ops.convert_to_numpy(logs["g_loss"])  # wait for the step to finish
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, verbose=0, shuffle=False,
+              callbacks=[Timer()])
+    return times[warmup:]
+
+
+def peak_gflops(backend: str, policy: str, image_size: int, batch_size: int) -> float:
+    dtype = "bfloat16" if "bfloat16" in policy else "float32"
+    path = os.path.join(common.RESULTS, f"peak-{backend}.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            return float(json.load(handle)[f"conv_{dtype}_gflops"])
+    from bench_peak import conv_gflops
+
+    return conv_gflops(dtype, image_size // 4, batch_size, 128, 5)
+
+
+def main() -> None:
+    parser = common.parser(__doc__)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--jit-compile", action="store_true", help="XLA (TensorFlow backend)")
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    from keras_vaegan.config import Config
+    from keras_vaegan.data.pipeline import make_training_dataset
+    from keras_vaegan.data.sources import phantom_training_data
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+    from keras_vaegan.training.precision import apply_precision
+
+    policy = apply_precision(args.mixed_precision)
+    config = Config(image_size=args.image_size, batch_size=args.batch_size,
+                    phantom_size=args.image_size, phantom_subjects=8,
+                    mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
+    data = phantom_training_data(config)
+    config = data.config
+    model = VAECycleGAN(config)
+    model.compile()
+    pipeline = make_training_dataset(data.mri, data.ct, config)
+    with_pipeline = statistics.median(step_times(model, pipeline, args.steps, args.warmup))
+    mri, ct = next(iter(pipeline))
+    in_memory = tf.data.Dataset.from_tensors((mri, ct)).repeat()
+    without_input = statistics.median(step_times(model, in_memory, args.steps, 1))
+
+    flops = training_flops_per_image(config)
+    images_per_s = args.batch_size / with_pipeline
+    achieved = flops * images_per_s / 1e9
+    peak = peak_gflops(keras.backend.backend(), policy, args.image_size, args.batch_size)
+    result = {
+        "benchmark": "train", **common.machine(), "policy": policy,
+        "jit_compile": bool(model.jit_compile),
+        "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
+        "step_s_median": round(with_pipeline, 4), "images_per_s": round(images_per_s, 3),
+        "flops_per_image": flops, "achieved_gflops": round(achieved, 1),
+        "peak_gflops": peak, "fraction_of_peak": round(achieved / peak, 3),
+        "input_wait_fraction": round(max(0.0, 1 - without_input / with_pipeline), 3),
+        "parameters": int(sum(int(keras.ops.size(v)) for v in model.trainable_variables)),
+        "peak_rss_mb": round(common.peak_rss_mb(), 1),
+    }
+    name = (f"train-{result['backend']}-{policy}-{args.image_size}px-b{args.batch_size}"
+            + ("-xla" if args.jit_compile and result["backend"] == "tensorflow" else ""))
+    common.write_result(name, result)
+
+
+if __name__ == "__main__":
+    main()

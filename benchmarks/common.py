@@ -1,0 +1,56 @@
+"""Shared helpers of the benchmark scripts: timing, results files, peak RSS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parser(description: str, image_size: int = 128, batch_size: int = 4, steps: int = 20):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--image-size", type=int, default=image_size)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--steps", type=int, default=steps, help="timed repetitions (median reported)")
+    p.add_argument("--mixed-precision", default="off", choices=["auto", "off", "bfloat16", "float16"])
+    return p
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> dict:
+    import keras
+
+    return {"backend": keras.backend.backend(), "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "keras": keras.__version__}
+
+
+def write_result(name: str, result: dict) -> str:
+    """Write results/NAME.json and print the JSON object as the last line."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+    print(json.dumps(result), flush=True)
+    return path

@@ -1,0 +1,152 @@
+"""NIfTI volumes (``.nii``, ``.nii.gz``) in and out, on the input's exact grid.
+
+Reading applies the header's ``scl_slope``/``scl_inter`` (values in file
+units: HU for a CT), finds the array axis closest to the patient's S/I axis
+from the affine (``nibabel.orientations.io_orientation``) and slices along
+it, in the canonical orientation of ``volumes``. Writing puts a canonical
+array back in the file's own axis order and writes it with the input's
+header: same shape, affine, qform/sform and their codes, units; float32 data
+with no scaling (nibabel stores ``scl_slope`` as NaN, "not scaled").
+nibabel is imported here only (the ``[medical]`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from keras_vaegan.data.atomic import atomic_path
+from keras_vaegan.data.volumes import (MEDICAL_EXTRA, Reorientation, Volume, check_finite,
+                                       check_slice_size)
+from keras_vaegan.errors import VAEGANError
+
+DESCRIPTIONS = {("ct", "mean"): "synthetic CT from MRI (keras-vaegan), not for diagnosis",
+                ("ct", "std"): "std of synthetic CT, HU (keras-vaegan), not for diagnosis",
+                ("mri", "mean"): "synthetic MR from CT (keras-vaegan), not for diagnosis",
+                ("mri", "std"): "std of synthetic MR (keras-vaegan), not for diagnosis"}
+
+
+def nibabel_module(path=None):
+    try:
+        import nibabel
+    except ImportError:
+        raise VAEGANError(path, f"reading NIfTI needs nibabel: {MEDICAL_EXTRA}") from None
+    return nibabel
+
+
+def _load(path: str):
+    nib = nibabel_module(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise VAEGANError(path, f"cannot read ({err.strerror or err})") from None
+    if size == 0:
+        raise VAEGANError(path, "empty file (0 bytes)")
+    try:
+        image = nib.load(path)
+    except Exception as err:  # ImageFileError, HeaderDataError, gzip/zlib errors, EOFError
+        raise VAEGANError(path, f"not a readable NIfTI file ({_short(err, path)})") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise VAEGANError(path, f"not a NIfTI image ({type(image).__name__})")
+    return image
+
+
+def _volume_shape(path: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The 3-D shape, with trailing dimensions of 1 dropped; refuses 2-D and 4-D data."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 3:
+        raise VAEGANError(path, f"{len(dims)}-D NIfTI (shape {tuple(shape)}): expected one "
+                                "3-D volume; split the time series or channels first")
+    if len(dims) < 3:
+        raise VAEGANError(path, f"{len(dims)}-D NIfTI (shape {tuple(shape)}): expected a 3-D "
+                                "volume (2-D images go in .png, .tif or .npy)")
+    return tuple(int(d) for d in dims)  # type: ignore[return-value]
+
+
+def _reorientation(image) -> Reorientation:
+    """From the affine: file axes -> [slice (S/I), row (A->P), col (R->L)]."""
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(image.affine)
+    if np.isnan(ornt).any():  # degenerate affine: keep the array order, slice the last axis
+        return Reorientation(axes=(2, 1, 0))
+    directions = np.zeros((3, 3))
+    for axis, (world, sign) in enumerate(ornt):
+        directions[int(world), axis] = sign
+    directions[:2] *= -1  # RAS (NIfTI) -> LPS (DICOM, our canonical frame)
+    return Reorientation.from_directions(directions)
+
+
+def check_header(path: str) -> int:
+    """Check the header of a NIfTI file (3-D, numeric, slice size); return its slice count."""
+    image = _load(path)
+    shape, reorient = _checked(path, image)
+    return shape[reorient.axes[0]]
+
+
+def _checked(path: str, image) -> tuple[tuple[int, int, int], Reorientation]:
+    """(3-D shape, reorientation) of a loaded image, after checking type, dimensions and size."""
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.names:
+        raise VAEGANError(path, f"unsupported NIfTI data type {dtype} (expected real numbers)")
+    shape = _volume_shape(path, image.shape)
+    reorient = _reorientation(image)
+    check_slice_size(path, shape[reorient.axes[1]], shape[reorient.axes[2]])
+    return shape, reorient
+
+
+def read_nifti(path: str | os.PathLike, modality: str) -> Volume:
+    """A 3-D NIfTI as a canonical ``Volume`` in file units (scaling applied)."""
+    path = os.fspath(path)
+    image = _load(path)
+    shape, reorient = _checked(path, image)
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged"))
+    except Exception as err:  # truncated .nii.gz: EOFError, zlib.error, OSError, ValueError
+        raise VAEGANError(path, f"truncated or corrupt NIfTI data ({_short(err, path)})") \
+            from None
+    data = data.reshape(shape)
+    check_finite(path, data)
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    spacing = tuple(zooms[a] for a in reorient.axes)
+    return Volume(voxels=reorient.to_canonical(data).astype(np.float32, copy=False), kind="nifti",
+                  path=path, files=[path], reorient=reorient, source_shape=tuple(image.shape),
+                  spacing_mm=spacing, modality=modality,  # type: ignore[arg-type]
+                  nifti_image=image)
+
+
+def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, modality: str,
+                role: str = "mean", description: str | None = None) -> None:
+    """Write canonical ``voxels`` as float32 NIfTI with ``volume``'s header and grid."""
+    path = os.fspath(path)
+    nib = nibabel_module(path)
+    source = volume.nifti_image
+    data = volume.to_source(np.asarray(voxels, dtype=np.float32)).astype(np.float32)
+    header = source.header.copy()
+    if header.endianness != "<":
+        header = header.as_byteswapped("<")  # the same header, written little-endian
+    header.set_data_dtype(np.float32)
+    # affine=None: nibabel keeps the header's qform and sform (and codes) exactly
+    image = type(source)(data, None, header=header)
+    image.header.set_slope_inter(None, None)  # float32 HU as stored: no scaling
+    image.header["cal_min"] = 0.0
+    image.header["cal_max"] = 0.0
+    text = description or DESCRIPTIONS.get((modality, role), "keras-vaegan output")
+    image.header["descrip"] = text.encode("ascii", "replace")[:79]
+    image.header["aux_file"] = b""
+    image.header["intent_code"] = 0
+    suffix = ".nii.gz" if path.lower().endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as tmp:
+        try:
+            nib.save(image, tmp)
+        except OSError as err:
+            raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None
+
+
+def _short(err: BaseException, path: str) -> str:
+    from keras_vaegan.data.readers import _short as short
+
+    return short(err, path)

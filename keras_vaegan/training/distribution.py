@@ -1,0 +1,59 @@
+"""``--strategy``: train on several devices with the backend's own engine.
+
+TensorFlow uses ``tf.distribute`` (MirroredStrategy on one machine,
+MultiWorkerMirroredStrategy across machines from ``TF_CONFIG``); JAX uses
+``keras.distribution.DataParallel``; PyTorch trains on one device. The
+backend-specific part lives in each adapter's ``distribution``; this module
+only decides and describes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import keras
+
+from keras_vaegan.errors import VAEGANError
+
+
+@dataclass
+class Distribution:
+    """How a run is spread: the scope to build the model in, replicas, chief or not."""
+
+    name: str
+    replicas: int = 1
+    is_chief: bool = True
+    scope: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+
+
+def is_chief_worker(tf_config: str | None = None) -> bool:
+    """Chief per TF_CONFIG: the 'chief' task, or worker 0 when there is no chief."""
+    raw = os.environ.get("TF_CONFIG") if tf_config is None else tf_config
+    if not raw:
+        return True
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError:
+        raise VAEGANError(None, "TF_CONFIG is not valid JSON") from None
+    task = spec.get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in spec.get("cluster", {})
+
+
+def setup_distribution(strategy: str, batch_size: int) -> Distribution:
+    """Create the distribution for ``strategy`` (auto | none | mirrored | multiworker)."""
+    if strategy == "none":
+        return Distribution("none")
+    adapter = importlib.import_module(
+        f"keras_vaegan.models.adapters.{keras.backend.backend()}_adapter")
+    dist = adapter.distribution(strategy)
+    if batch_size % dist.replicas:
+        raise VAEGANError(None, f"--batch-size {batch_size} must be a multiple of the "
+                                f"{dist.replicas} replicas of --strategy {strategy}")
+    return dist

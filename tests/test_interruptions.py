@@ -1,0 +1,141 @@
+"""Interrupted training never costs a user data: SIGKILL, a kill mid-checkpoint, Ctrl-C, NaN."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY
+from keras_vaegan.errors import VAEGANError
+from keras_vaegan.training.fit import fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_json(tmp_path, **changes) -> str:
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    values.update(changes)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def start_fit(run, config, *extra, env=None):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "cli.py"), "fit", "--output", str(run),
+         "--config", config, "--quiet", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})})
+
+
+def wait_for_epoch(run, epoch, proc, timeout=300):
+    state = run / "checkpoints" / "state.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"fit ended early: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+def resume(run, config):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "cli.py"), "fit", "--resume", "--output", str(run),
+         "--config", config, "--quiet"], capture_output=True, text=True, timeout=600)
+
+
+def finished_iterations(run) -> int:
+    model = keras.saving.load_model(str(run / "model.keras"))
+    return int(keras.ops.convert_to_numpy(model.g_ct_optimizer.iterations))
+
+
+def history_epochs(run) -> list[int]:
+    with open(run / "history.csv") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_from_the_last_complete_epoch(tmp_path):
+    run, config = tmp_path / "run", tiny_json(tmp_path, epochs=4, steps_per_epoch=3)
+    proc = start_fit(run, config)
+    wait_for_epoch(run, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert not (run / "model.keras").exists()
+    result = resume(run, config)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming after epoch {done['epoch']} of 4" in result.stderr
+    assert finished_iterations(run) == 12  # 4 epochs x 3 steps: nothing lost, nothing doubled
+    assert history_epochs(run)[-1] == 3
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+    run, config = tmp_path / "run", tiny_json(tmp_path, epochs=3, steps_per_epoch=2)
+    proc = start_fit(run, config, env={"KERAS_VAEGAN_FAULT": "checkpoint-write:2"})
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert any(name.startswith(".tmp-") for name in os.listdir(run / "checkpoints"))
+    result = resume(run, config)
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch 1 of 3" in result.stderr
+    assert not any(name.startswith(".tmp-") for name in os.listdir(run / "checkpoints"))
+    assert finished_iterations(run) == 6
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run, config = tmp_path / "run", tiny_json(tmp_path, epochs=50, steps_per_epoch=3)
+    proc = start_fit(run, config)
+    wait_for_epoch(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"fit --resume --output {run}" in stderr
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert os.path.exists(run / "checkpoints" / state["weights"])
+    assert state["iterations"] >= 3
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+        tiny_config, tmp_path):
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.g_ct.stem.conv.kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    run = tmp_path / "run"
+    with pytest.raises(VAEGANError, match="diverged"):
+        fit(tiny_config.replace(epochs=3, steps_per_epoch=2), output=str(run), verbose=0,
+            callbacks=[Poison()])
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert not (run / "model.keras").exists()
+
+
+def test_same_seed_gives_identical_weights(tiny_config, tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("determinism is checked on the TensorFlow CPU backend")
+    config = tiny_config.replace(epochs=1, steps_per_epoch=3)
+    weights = []
+    for name in ("a", "b"):
+        fit(config, output=str(tmp_path / name), verbose=0)
+        model = keras.saving.load_model(str(tmp_path / name / "model.keras"))
+        weights.append([keras.ops.convert_to_numpy(v) for v in model.weights])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
