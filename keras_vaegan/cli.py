@@ -53,6 +53,28 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (a colour image made grey, DICOM objects skipped) as ``warning: ...``."""
+    text = " ".join(str(message).split())
+    click.echo(f"warning: {text}", err=True)
+
+
+class SkippedFiles:
+    """``--skip-bad``: one ``warning: <path>: <reason>, skipped`` line per bad file, then a count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, err) -> None:
+        self.count += 1
+        click.echo(f"warning: {err}, skipped", err=True)
+
+    def report(self) -> None:
+        if self.count:
+            click.echo(f"skipped {self.count} bad file{'s' if self.count != 1 else ''}",
+                       err=True)
+
+
 def user_errors(command):
     """Turn VAEGANError (and an unwritable output) into one line and exit code 2."""
 
@@ -62,6 +84,9 @@ def user_errors(command):
 
         if os.environ.get("KERAS_VAEGAN_DEBUG") == "1":
             return command(*args, **kwargs)
+        import warnings
+
+        warnings.showwarning = _one_line_warning
         _import_backends()
         try:
             return command(*args, **kwargs)
@@ -128,9 +153,11 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
 @click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the TensorFlow train step (default off: slower on CPU). JAX always jits.")
 @click.option("--validation-data", type=click.Path(), help="Held-out folder (same layout as --data) for validation losses.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--skip-bad", is_flag=True, help="Leave out unreadable or invalid image files (one warning each) instead of stopping.")
 @user_errors
 def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_size, output, resume,
-        seed, config_file, set_values, mixed_precision, strategy, jit_compile, validation_data, quiet):
+        seed, config_file, set_values, mixed_precision, strategy, jit_compile, validation_data, quiet,
+        skip_bad):
     """Train a VAE-CycleGAN (on the built-in phantom when no data is given)."""
     from keras_vaegan.errors import VAEGANError
 
@@ -144,17 +171,24 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
     if run_config and not os.path.exists(run_config):
         raise VAEGANError(output, "nothing to resume: no config.json in this folder")
     config = build_config(config_file, run_config, overrides)
+    if output:
+        from keras_vaegan.data.writers import check_output_folder
+
+        check_output_folder(output)  # before the data is read, not after
     from keras_vaegan.training.fit import fit as run_fit
 
     from keras_vaegan.training.fit import TrainingInterrupted
 
+    skipped = SkippedFiles() if skip_bad else None
     try:
         run = run_fit(config, output=output, data_root=data_root, mri_dir=mri_dir,
                       ct_dir=ct_dir, resume=resume, validation_data=validation_data,
-                      verbose=0 if quiet else "auto", messages=True)
+                      verbose=0 if quiet else "auto", messages=True, on_bad=skipped)
     except TrainingInterrupted as stop:
         click.echo(str(stop), err=True)
         sys.exit(130)
+    if skipped is not None:
+        skipped.report()
     click.echo(f"run saved in {run}")
 
 
@@ -165,14 +199,21 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 @click.option("--direction", type=click.Choice(["mri2ct", "ct2mri"]), default="mri2ct", show_default=True, help="Translation direction.")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Latent draws; >1 writes the mean and a *_std uncertainty map.")
 @click.option("--format", "fmt", type=click.Choice(["same", "png", "npy"]), default="same", show_default=True, help="Output format of 2-D slices (volumes are written like their input).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass (fewer for big slices: at most 2048x2048 pixels a pass).")
+@click.option("--skip-bad", is_flag=True, help="Leave out unreadable or invalid input files (one warning each) instead of stopping.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist (inputs are never overwritten).")
 @user_errors
-def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_size):
+def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_size, skip_bad,
+            overwrite):
     """Translate slices and volumes at native resolution (MRI -> synthetic CT in HU by default)."""
     from keras_vaegan.inference.predict import predict as run_predict
 
+    skipped = SkippedFiles() if skip_bad else None
     written = run_predict(input_path, output_dir, run=model_path, direction=direction,
-                          samples=samples, fmt=fmt, batch_size=batch_size, progress=True)
+                          samples=samples, fmt=fmt, batch_size=batch_size, progress=True,
+                          overwrite=overwrite, on_bad=skipped)
+    if skipped is not None:
+        skipped.report()
     click.echo(f"wrote {len(written)} files to {output_dir}")
 
 

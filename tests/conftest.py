@@ -17,6 +17,19 @@ TINY = dict(image_size=32, batch_size=2, gen_filters=8, latent_channels=8, gen_r
             mixed_precision="off")
 
 
+def save_tiny_run(folder, config: Config | None = None) -> str:
+    """An untrained tiny model saved as a run folder (model.keras + config.json)."""
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    config = config or Config(**TINY)
+    model = VAECycleGAN(config)
+    model.compile()
+    os.makedirs(folder, exist_ok=True)
+    model.save(os.path.join(folder, "model.keras"))
+    config.save(os.path.join(folder, "config.json"))
+    return str(folder)
+
+
 @pytest.fixture
 def tiny_config() -> Config:
     return Config(**TINY)

@@ -11,13 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import save_tiny_run
 from keras_vaegan.config import Config
 from keras_vaegan.data import units
 from keras_vaegan.data.phantom import make_slices
 from keras_vaegan.inference.export import export_run, robust_range
 from keras_vaegan.inference.predict import predict
-from keras_vaegan.models.vaecyclegan import VAECycleGAN
 from test_cli import assert_one_error_line, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,13 +26,8 @@ SLICE_SHAPE = (38, 35)  # not a multiple of the stride (4): padding is uneven an
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A fake trained run: an untrained tiny model saved as a run directory."""
-    config = Config(**TINY)
-    model = VAECycleGAN(config)
-    model.compile()
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    run.mkdir()
-    model.save(run / "model.keras")
-    config.save(run / "config.json")
+    save_tiny_run(run)
     return run
 
 

@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
+from conftest import save_tiny_run
 from keras_vaegan.config import Config
 from keras_vaegan.data import readers, writers
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.predict import (LoadedRun, find_newest_run, load_run, predict,
                                             translate_slice, translate_slices)
-from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
 TINY = dict(image_size=32, batch_size=2, gen_filters=4, latent_channels=4, gen_res_blocks=1,
             disc_filters=(8, 16), disc_heads=1, epochs=1, steps_per_epoch=1)
@@ -21,13 +21,8 @@ TINY = dict(image_size=32, batch_size=2, gen_filters=4, latent_channels=4, gen_r
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A fake trained run: an untrained tiny model saved as a run directory."""
-    config = Config(**TINY)
-    model = VAECycleGAN(config)
-    model.compile()
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    run.mkdir()
-    model.save(run / "model.keras")
-    config.save(run / "config.json")
+    save_tiny_run(run, Config(**TINY))
     return run
 
 

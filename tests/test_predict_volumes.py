@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import save_tiny_run
 from keras_vaegan.config import Config
 from keras_vaegan.data import units, volumes
 from keras_vaegan.data.phantom import write_phantom
@@ -14,7 +15,6 @@ from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference import predict as predict_module
 from keras_vaegan.inference.predict import (LoadedRun, load_run, predict, translate_slice,
                                             translate_volume)
-from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -31,14 +31,7 @@ CT_WINDOW = (-1024.0, 3071.0)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An untrained tiny model saved as a run, loaded back."""
-    config = Config(**TINY)
-    model = VAECycleGAN(config)
-    model.compile()
-    folder = tmp_path_factory.mktemp("runs") / "tiny"
-    folder.mkdir()
-    model.save(folder / "model.keras")
-    config.save(folder / "config.json")
-    return load_run(str(folder))
+    return load_run(save_tiny_run(tmp_path_factory.mktemp("runs") / "tiny", Config(**TINY)))
 
 
 class IdentityModel:

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_vaegan.data.atomic import atomic_folder
+from keras_vaegan.data import readers
 from keras_vaegan.data.volumes import (MEDICAL_EXTRA, Reorientation, Volume, VolumeSource,
-                                       check_finite, check_slice_size)
+                                       check_finite, check_slice_size, check_volume_size)
 from keras_vaegan.errors import VAEGANError
 
 IMAGE_MODALITIES = ("CT", "MR")
@@ -110,6 +111,8 @@ def read_header(path: str):
 def _skip_reason(dataset, modality: str | None = None) -> str | None:
     """Why a DICOM object is no image to read here (as ``modality``), or None."""
     if "Rows" not in dataset or "Columns" not in dataset:
+        if _broken_image(dataset):
+            return None  # check_image_header says what is wrong with it
         sop = dataset.get("SOPClassUID")
         name = getattr(sop, "name", None) or str(dataset.get("Modality", "")) or "no image"
         return f"object is not an image ({name}); expected a CT or MR image"
@@ -125,6 +128,46 @@ def _has_pixels(dataset) -> bool:
     return any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
+def _broken_image(dataset) -> bool:
+    """No image size, but no sign of a non-image object either: a file cut short or damaged."""
+    sop = dataset.get("SOPClassUID")
+    if sop is None:
+        return True
+    return "Image Storage" in (getattr(sop, "name", "") or "")
+
+
+def check_image_header(path: str, dataset) -> None:
+    """Refuse a DICOM image from its header alone: no pixel data, pixel data cut short,
+    colour, or a slice size out of bounds. The pixel data is not read."""
+    if "Rows" not in dataset or "Columns" not in dataset:
+        raise VAEGANError(path, "not a complete DICOM image (no Rows/Columns; the file may be "
+                                "cut short)")
+    if not _has_pixels(dataset):
+        raise VAEGANError(path, "DICOM image has no pixel data")
+    if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
+        raise VAEGANError(path, f"colour DICOM image ({dataset.get('PhotometricInterpretation')}); "
+                                "expected greyscale")
+    try:
+        rows, cols = int(dataset.Rows), int(dataset.Columns)
+    except (TypeError, ValueError):
+        raise VAEGANError(path, "DICOM image has no valid Rows/Columns") from None
+    check_slice_size(path, rows, cols)
+    for name in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if name not in dataset:
+            continue
+        try:
+            element = dataset.get_item(name, keep_deferred=True)
+        except TypeError:  # an older pydicom without keep_deferred
+            element = dataset.get_item(name)
+        length, start = getattr(element, "length", None), getattr(element, "value_tell", None)
+        if length is None or start is None or length == 0xFFFFFFFF:
+            continue  # already read, or encapsulated (compressed) data of undefined length
+        size = os.path.getsize(path)
+        if start + length > size:
+            raise VAEGANError(path, f"DICOM pixel data is cut short ({max(size - start, 0):,} "
+                                    f"of {length:,} bytes): the file is truncated")
+
+
 def _frames(dataset) -> int:
     try:
         return max(1, int(dataset.get("NumberOfFrames", 1) or 1))
@@ -132,26 +175,32 @@ def _frames(dataset) -> int:
         return 1
 
 
-def group_series(files: list[str], single: bool = False, modality: str | None = None
-                 ) -> list[VolumeSource]:
+def group_series(files: list[str], single: bool = False, modality: str | None = None,
+                 on_bad: readers.BadFileHandler | None = None) -> list[VolumeSource]:
     """DICOM files -> one VolumeSource per series (a multi-frame file is a series of its own).
 
     With ``single`` (one file given), a file that is no CT/MR image, or not
     of ``modality`` ('mri'/'ct'), is an error; in a folder such files (RT
-    structure sets, dose, the other modality's series) are skipped.
+    structure sets, dose, the other modality's series) are skipped. A bad
+    file (not DICOM, no or truncated pixel data, colour, a size out of
+    bounds) and a series of more than ``MAX_VOXELS`` voxels raise, or with
+    ``on_bad`` are handed to it and left out.
     """
     groups: dict[tuple, list[tuple[str, object]]] = {}
     skipped = []
     for path in files:
-        dataset = read_header(path)
-        reason = _skip_reason(dataset, modality)
-        if reason is not None:
-            if single:
-                raise VAEGANError(path, f"DICOM {reason}")
-            skipped.append(path)
+        try:
+            dataset = read_header(path)
+            reason = _skip_reason(dataset, modality)
+            if reason is not None:
+                if single:
+                    raise VAEGANError(path, f"DICOM {reason}")
+                skipped.append(path)
+                continue
+            check_image_header(path, dataset)
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
             continue
-        if not _has_pixels(dataset):
-            raise VAEGANError(path, "DICOM image has no pixel data")
         uid = str(dataset.get("SeriesInstanceUID", "") or "")
         key = (uid or f"no-uid:{os.path.dirname(path)}", path if _frames(dataset) > 1 else None)
         groups.setdefault(key, []).append((path, dataset))
@@ -169,12 +218,36 @@ def group_series(files: list[str], single: bool = False, modality: str | None = 
             number = None if number in (None, "") else int(number)
         except (TypeError, ValueError):
             number = None
-        sources.append(VolumeSource(kind="dicom", files=paths,
-                                    path=paths[0] if len(paths) == 1 else folder,
-                                    slice_count=sum(_frames(d) for d in headers),
-                                    series_uid=None if uid.startswith("no-uid:") else uid,
-                                    series_number=number, headers=headers))
+        count = sum(_frames(d) for d in headers)
+        shape = (count, int(headers[0].Rows), int(headers[0].Columns))
+        axes = _reorientation(headers[0]).axes
+        source = VolumeSource(kind="dicom", files=paths,
+                              path=paths[0] if len(paths) == 1 else folder,
+                              slice_count=shape[axes[0]],
+                              slice_shape=(shape[axes[1]], shape[axes[2]]),
+                              series_uid=None if uid.startswith("no-uid:") else uid,
+                              series_number=number, headers=headers)
+        try:
+            check_volume_size(source.path, shape)
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
+            continue
+        sources.append(source)
     return sources
+
+
+def _reorientation(dataset) -> Reorientation:
+    """The series' reorientation from one header (as ``read_series`` finds it from all)."""
+    orientation = _floats(dataset.get("ImageOrientationPatient"), 6)
+    if orientation is None:
+        first = _first(_shared(dataset), "PlaneOrientationSequence") or \
+            _first(_per_frame(dataset, 0), "PlaneOrientationSequence")
+        orientation = None if first is None else _floats(first.get("ImageOrientationPatient"), 6)
+    if orientation is None:
+        orientation = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    normal = np.cross(orientation[:3], orientation[3:])
+    return Reorientation.from_directions(np.column_stack([normal, orientation[3:],
+                                                          orientation[:3]]))
 
 
 def read_series(source: VolumeSource, modality: str) -> Volume:

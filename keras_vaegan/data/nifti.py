@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_vaegan.data.atomic import atomic_path
 from keras_vaegan.data.volumes import (MEDICAL_EXTRA, Reorientation, Volume, check_finite,
-                                       check_slice_size)
+                                       check_slice_size, check_volume_size)
 from keras_vaegan.errors import VAEGANError
 
 DESCRIPTIONS = {("ct", "mean"): "synthetic CT from MRI (keras-vaegan), not for diagnosis",
@@ -46,6 +46,10 @@ def _load(path: str):
     try:
         image = nib.load(path)
     except Exception as err:  # ImageFileError, HeaderDataError, gzip/zlib errors, EOFError
+        if _is_gzip(path):
+            problem = _gzip_problem(path)
+            if problem:
+                raise VAEGANError(path, f"truncated or corrupt NIfTI file ({problem})") from None
         raise VAEGANError(path, f"not a readable NIfTI file ({_short(err, path)})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise VAEGANError(path, f"not a NIfTI image ({type(image).__name__})")
@@ -80,11 +84,80 @@ def _reorientation(image) -> Reorientation:
     return Reorientation.from_directions(directions)
 
 
-def check_header(path: str) -> int:
-    """Check the header of a NIfTI file (3-D, numeric, slice size); return its slice count."""
+def check_header(path: str) -> tuple[int, int, int]:
+    """Check a NIfTI file without reading its voxels; return its canonical (slices, rows, cols).
+
+    The header: 3-D, numeric, slice size, voxel count (``MAX_VOXELS``); and
+    the file's length, so a file cut short fails before anything is written.
+    """
     image = _load(path)
     shape, reorient = _checked(path, image)
-    return shape[reorient.axes[0]]
+    _check_complete(path, image)
+    return tuple(shape[axis] for axis in reorient.axes)  # type: ignore[return-value]
+
+
+def _check_complete(path: str, image) -> None:
+    """Refuse a file that holds fewer bytes than its header's voxels need.
+
+    ``.nii``: the file size. ``.nii.gz``: the uncompressed size recorded in
+    the gzip trailer when it matches (no decompression), else the size found
+    by decompressing the stream (a multi-member gzip, or a file cut short).
+    """
+    header = image.header
+    expected = int(header.get_data_offset()) + \
+        int(np.prod(image.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    if not _is_gzip(path):
+        found = os.path.getsize(path)
+    elif _gzip_trailer_size(path) == expected % 2 ** 32:
+        return
+    else:
+        found, problem = _gzip_length(path)
+        if problem:
+            raise VAEGANError(path, f"truncated or corrupt NIfTI file ({problem})")
+    if found < expected:
+        raise VAEGANError(path, f"truncated NIfTI file: {found:,} of {expected:,} bytes of "
+                                "header and voxels")
+
+
+def _is_gzip(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def _gzip_trailer_size(path: str) -> int | None:
+    """ISIZE, the last gzip member's uncompressed size modulo 2**32 (its last 4 bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            return int.from_bytes(handle.read(4), "little")
+    except OSError:
+        return None
+
+
+def _gzip_length(path: str) -> tuple[int, str | None]:
+    """(uncompressed bytes, problem or None), decompressing in chunks (no memory kept)."""
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while True:
+                chunk = handle.read(1 << 22)
+                if not chunk:
+                    return total, None
+                total += len(chunk)
+    except EOFError:
+        return total, "the gzip data ends early"
+    except (OSError, zlib.error) as err:
+        return total, f"bad gzip data: {_short(err, path)}"
+
+
+def _gzip_problem(path: str) -> str | None:
+    return _gzip_length(path)[1]
 
 
 def _checked(path: str, image) -> tuple[tuple[int, int, int], Reorientation]:
@@ -95,6 +168,7 @@ def _checked(path: str, image) -> tuple[tuple[int, int, int], Reorientation]:
     shape = _volume_shape(path, image.shape)
     reorient = _reorientation(image)
     check_slice_size(path, shape[reorient.axes[1]], shape[reorient.axes[2]])
+    check_volume_size(path, shape)
     return shape, reorient
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_vaegan.data.filters import gaussian_blur
 from keras_vaegan.errors import VAEGANError
 
 # tissue labels ------------------------------------------------------------------
@@ -346,20 +347,7 @@ def _mode_downsample(labels: np.ndarray) -> np.ndarray:
 def _blur(volume: np.ndarray, sigma: float) -> np.ndarray:
     """Separable gaussian blur over the last two axes (edges replicated)."""
     radius = max(1, int(np.ceil(3 * sigma)))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).astype(np.float32)
-    out = volume.astype(np.float32)
-    for axis in (-2, -1):
-        pad = [(0, 0)] * out.ndim
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="edge")
-        length = out.shape[axis]
-        acc = np.zeros_like(out)
-        for i, weight in enumerate(kernel):
-            acc += weight * np.take(padded, np.arange(i, i + length), axis=axis)
-        out = acc
-    return out
+    return gaussian_blur(volume, sigma, radius, pad_mode="edge", dtype=np.float32)
 
 
 def _bias_field(rng: np.random.Generator, t: np.ndarray, size: int) -> np.ndarray:

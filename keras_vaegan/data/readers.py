@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,9 +27,20 @@ NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 DICOM_EXTENSIONS = (".dcm",)
 IMAGE_EXTENSIONS = SLICE_EXTENSIONS + NIFTI_EXTENSIONS + DICOM_EXTENSIONS
 CT_PNG_OFFSET = 1024  # unsigned 16-bit CT files store HU + 1024
-MIN_SIDE = 8
-MAX_SIDE = 8192
+MIN_SIDE = 8  # pixels: smaller slices are refused (the model pads to a multiple of its stride)
+MAX_SIDE = 8192  # pixels: bigger slices are refused before their pixels are decoded
 BIT_DEPTHS = ("uint8", "uint16", "float")
+
+BadFileHandler = Callable[[VAEGANError], None]
+"""What to do with a bad input file: ``None`` raises its error, a function (``--skip-bad``)
+receives it and the file is left out."""
+
+
+def skip_or_raise(on_bad: BadFileHandler | None, err: VAEGANError) -> None:
+    """Raise ``err``, or hand it to ``on_bad`` so the caller can leave the file out."""
+    if on_bad is None:
+        raise err
+    on_bad(err)
 
 
 @dataclass
@@ -96,8 +107,12 @@ def find_images(root: str | os.PathLike) -> list[str]:
         return [root]
     if not os.path.isdir(root):
         raise VAEGANError(root, "no such file or folder")
+    def unreadable(err: OSError) -> None:
+        raise VAEGANError(err.filename or root, f"cannot read the folder "
+                                                f"({err.strerror or err})")
+
     found = []
-    for folder, subfolders, files in os.walk(root, onerror=None):
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
         subfolders[:] = sorted(d for d in subfolders if _listed(d))
         found.extend(path for path in (os.path.join(folder, name) for name in files
                                        if _listed(name))
@@ -157,6 +172,7 @@ def _read_npy(path: str) -> tuple[np.ndarray, str]:
         raise VAEGANError(path, f"cannot read ({_short(err, path)})") from None
     if magic != b"\x93NUMPY":
         raise VAEGANError(path, "not a .npy file (no NumPy header)")
+    _check_npy_header(path)
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as err:  # numpy raises ValueError, OSError, EOFError, ...
@@ -171,6 +187,34 @@ def _read_npy(path: str) -> tuple[np.ndarray, str]:
         raise VAEGANError(path, f"expected a numeric array, got dtype {array.dtype}")
     bit_depth = "uint8" if array.dtype == np.uint8 else "float"
     return array.astype(np.float32), bit_depth
+
+
+def _check_npy_header(path: str) -> None:
+    """Refuse a .npy array that is too big (or cut short) from its header, before loading it."""
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(path, "rb") as handle:
+            version = npy_format.read_magic(handle)
+            read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                           else npy_format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+            data_start = handle.tell()
+    except Exception as err:  # ValueError for a bad header dictionary, EOFError, OSError
+        raise VAEGANError(path, f"not a readable .npy array ({_short(err, path)})") from None
+    squeezed = [side for side in shape if side != 1] if len(shape) > 2 else list(shape)
+    if len(squeezed) == 2 and max(squeezed) > MAX_SIDE:
+        raise VAEGANError(path, f"image is {squeezed[1]}x{squeezed[0]}, bigger than "
+                                f"{MAX_SIDE}x{MAX_SIDE}")
+    if int(np.prod(shape, dtype=np.int64)) > MAX_SIDE * MAX_SIDE:
+        raise VAEGANError(path, f"array of shape {tuple(shape)} is bigger than one "
+                                f"{MAX_SIDE}x{MAX_SIDE} image")
+    if dtype.hasobject:
+        raise VAEGANError(path, f"expected a numeric array, got dtype {dtype}")
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if os.path.getsize(path) < expected:
+        raise VAEGANError(path, f"truncated .npy file ({os.path.getsize(path)} of {expected} "
+                                "bytes)")
 
 
 def _read_pillow(path: str) -> tuple[np.ndarray, str]:

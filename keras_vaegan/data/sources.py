@@ -91,7 +91,8 @@ def subject_role(path: str) -> str | None:
     return role if role in ("mri", "ct") else None
 
 
-def read_folder(paths: str | list[str], modality: str, config: Config
+def read_folder(paths: str | list[str], modality: str, config: Config,
+                on_bad: readers.BadFileHandler | None = None
                 ) -> tuple[list[np.ndarray], str, list]:
     """Read every slice and volume under ``paths`` -> (slices in [-1, 1], units name, maps).
 
@@ -99,7 +100,8 @@ def read_folder(paths: str | list[str], modality: str, config: Config
     are cut into axial slices, MRI scaled by the percentiles of the whole
     volume, and with ``config.body_slices_only`` only slices that show body
     are kept. Volumes hold HU (CT) or MRI intensities, so they mix only with
-    16-bit or float slices, not with 8-bit ones.
+    16-bit or float slices, not with 8-bit ones. A bad file raises, or with
+    ``on_bad`` is handed to it and left out.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     where = os.fspath(paths[0]) if len(paths) == 1 else os.path.commonpath(
@@ -107,10 +109,15 @@ def read_folder(paths: str | list[str], modality: str, config: Config
     slice_files: list[str] = []
     sources: list[volumes.VolumeSource] = []
     for path in paths:
-        found, vols = volumes.find_inputs(path, modality)
+        found, vols = volumes.find_inputs(path, modality, on_bad=on_bad)
         slice_files.extend(found)
         sources.extend(vols)
-    slices = [read_slice(path, modality) for path in slice_files]
+    slices = []
+    for path in slice_files:
+        try:
+            slices.append(read_slice(path, modality))
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
     kinds = {modality_units(s.bit_depth, modality) for s in slices}
     volume_units = modality_units("float", modality)
     if sources and kinds - {volume_units}:
@@ -124,8 +131,14 @@ def read_folder(paths: str | list[str], modality: str, config: Config
     units = kinds.pop() if kinds else volume_units
     maps = [map_for(units, s.pixels, config) for s in slices]
     out = [m.to_unit(s.pixels) for m, s in zip(maps, slices)]
+    read = len(slices)
     for source in sources:
-        volume = volumes.read_volume(source, modality)
+        try:
+            volume = volumes.read_volume(source, modality)
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
+            continue
+        read += 1
         mapping = map_for(units, volume.voxels, config)
         unit = mapping.to_unit(volume.voxels)
         keep = body_slices(volume.voxels, mapping, modality, config)
@@ -135,6 +148,8 @@ def read_folder(paths: str | list[str], modality: str, config: Config
             continue
         out.extend(unit[k] for k in np.flatnonzero(keep))
         maps.append(mapping)
+    if not read:
+        raise VAEGANError(where, "no readable images (every image file was bad)")
     if not out:
         raise VAEGANError(where, "no slice shows body; check the units or set "
                                  "body_slices_only=false")
@@ -159,8 +174,13 @@ def body_slices(voxels: np.ndarray, mapping, modality: str, config: Config) -> n
 
 
 def load_training_data(config: Config, data_root: str | None = None, mri_dir: str | None = None,
-                       ct_dir: str | None = None) -> TrainingData:
-    """The unpaired MRI and CT slices for ``fit`` (the phantom when no data is given)."""
+                       ct_dir: str | None = None, on_bad: readers.BadFileHandler | None = None
+                       ) -> TrainingData:
+    """The unpaired MRI and CT slices for ``fit`` (the phantom when no data is given).
+
+    Every file is read here, before training writes anything. A bad file
+    raises, or with ``on_bad`` (``--skip-bad``) is handed to it and left out.
+    """
     if data_root and (mri_dir or ct_dir):
         raise VAEGANError(data_root, "give either --data or --mri-dir/--ct-dir, not both")
     if bool(mri_dir) != bool(ct_dir):
@@ -171,8 +191,8 @@ def load_training_data(config: Config, data_root: str | None = None, mri_dir: st
         mri_paths, ct_paths = [mri_dir], [ct_dir]
     else:
         return phantom_training_data(config)
-    mri, mri_units, mri_maps = read_folder(mri_paths, "mri", config)
-    ct, ct_units, _ = read_folder(ct_paths, "ct", config)
+    mri, mri_units, mri_maps = read_folder(mri_paths, "mri", config, on_bad)
+    ct, ct_units, _ = read_folder(ct_paths, "ct", config, on_bad)
     reference = _reference_range(mri_maps) if mri_units == "percentile" else (0.0, 255.0)
     config = config.replace(mri_units=mri_units, ct_units=ct_units, mri_reference_range=reference)
     return TrainingData(mri, ct, config, source=f"MRI {_describe(mri_paths)} ({len(mri)} slices), "

@@ -36,6 +36,8 @@ from keras_vaegan.errors import VAEGANError
 # slices towards S (+z), rows towards P (+y), columns towards L (+x)
 CANONICAL_LPS = ((2, 1), (1, 1), (0, 1))  # (world axis, sign) per canonical axis
 MEDICAL_EXTRA = "pip install 'keras-vaegan[medical]'"
+MAX_VOXELS = 2 ** 28  # 268,435,456 voxels (1 GiB as float32, e.g. 1024 slices of 512x512);
+# bigger volumes are refused from their headers, before any voxel is read
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class VolumeSource:
     files: list[str]  # the NIfTI file, or the series' files
     path: str  # what messages name: the file, or the folder holding the series
     slice_count: int = 0  # slices expected (from the headers), for progress
+    slice_shape: tuple[int, int] | None = None  # (rows, cols) of a canonical axial slice
     series_uid: str | None = None
     series_number: int | None = None
     headers: list = field(default_factory=list, repr=False)  # DICOM headers read while grouping
@@ -126,15 +129,20 @@ class Volume:
 # --- finding inputs -------------------------------------------------------------------------
 
 
-def find_inputs(root: str | os.PathLike, modality: str | None = None
+def find_inputs(root: str | os.PathLike, modality: str | None = None,
+                on_bad: readers.BadFileHandler | None = None
                 ) -> tuple[list[str], list[VolumeSource]]:
     """Everything under ``root``: (2-D slice files, volume sources), each sorted.
 
-    DICOM files are grouped into series (their headers are read here, so a
-    file that is not DICOM, or a DICOM image without pixel data, fails now,
-    before anything is written); in a folder, non-image DICOM objects (RT
-    structure sets, reports, ...) and, with ``modality``, series of the other
-    modality (the planning CT beside the MR) are skipped.
+    Volume headers are checked here, before anything is written: a NIfTI
+    file's dimensions, data type, size and length (a file cut short fails
+    now), and DICOM headers (files are grouped into series; a file that is
+    not DICOM, a DICOM image without pixel data or with pixel data cut
+    short, fails now). In a folder, non-image DICOM objects (RT structure
+    sets, reports, ...) and, with ``modality``, series of the other modality
+    (the planning CT beside the MR) are skipped. A bad volume file raises,
+    or with ``on_bad`` is handed to it and left out (slice files are not
+    read here).
     """
     root = os.fspath(root)
     modality = None if modality is None else normalise_modality(modality)
@@ -143,13 +151,20 @@ def find_inputs(root: str | os.PathLike, modality: str | None = None
     for path in files:
         kind = readers.file_kind(path)
         (slices if kind == "slice" else niftis if kind == "nifti" else dicoms).append(path)
-    sources = [nifti_source(path) for path in niftis]
+    sources = []
+    for path in niftis:
+        try:
+            sources.append(nifti_source(path))
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
     if dicoms:
         from keras_vaegan.data import dicom
 
         sources.extend(dicom.group_series(dicoms, single=os.path.isfile(root),
-                                          modality=modality))
+                                          modality=modality, on_bad=on_bad))
     if not slices and not sources:
+        if on_bad is not None and (niftis or dicoms):
+            raise VAEGANError(root, "no readable images (every image file was bad)")
         wanted = {"mri": "MR", "ct": "CT", None: "CT or MR"}[modality]
         raise VAEGANError(root, f"no images found (only DICOM objects that are not {wanted} "
                                 "images)")
@@ -161,8 +176,9 @@ def nifti_source(path: str) -> VolumeSource:
     """A NIfTI file after a look at its header (dimensions, data type)."""
     from keras_vaegan.data import nifti
 
-    return VolumeSource(kind="nifti", files=[path], path=path,
-                        slice_count=nifti.check_header(path))
+    slices, rows, cols = nifti.check_header(path)
+    return VolumeSource(kind="nifti", files=[path], path=path, slice_count=slices,
+                        slice_shape=(rows, cols))
 
 
 def read_volume(source: VolumeSource | str | os.PathLike, modality: str) -> Volume:
@@ -278,6 +294,15 @@ def strip_extension(name: str) -> str:
 def check_finite(path: str, voxels: np.ndarray) -> None:
     if not np.isfinite(voxels).all():
         raise VAEGANError(path, "volume has non-finite values (NaN or inf)")
+
+
+def check_volume_size(path: str, shape: tuple[int, ...]) -> None:
+    """Refuse a volume of more than ``MAX_VOXELS`` voxels (from its header, before reading)."""
+    count = int(np.prod([int(side) for side in shape], dtype=np.int64))
+    if count > MAX_VOXELS:
+        raise VAEGANError(path, f"volume is {'x'.join(str(int(s)) for s in shape)} = "
+                                f"{count:,} voxels, more than the limit of {MAX_VOXELS:,}; "
+                                "crop or split it")
 
 
 def check_slice_size(path: str, rows: int, cols: int) -> None:

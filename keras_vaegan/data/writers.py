@@ -9,6 +9,7 @@ files. Every file is written to a temporary name and renamed.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,40 @@ from keras_vaegan.errors import VAEGANError
 
 OUTPUT_EXTENSIONS = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
 _PILLOW_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse an output file path that cannot be written, before any work is done.
+
+    The path must not be a folder, and its nearest existing parent must be a
+    writable folder (the missing ones are made when the file is written).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise VAEGANError(path, "output is a folder; give a file name")
+    _check_parent(path, os.path.dirname(os.path.abspath(path)))
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Refuse an output folder that is a file, or that cannot be made or written."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise VAEGANError(path, "output exists and is not a folder")
+    _check_parent(path, os.path.abspath(path))
+
+
+def _check_parent(path: str, folder: str) -> None:
+    """``folder``, or its nearest existing parent, must be a writable folder."""
+    existing = folder
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise VAEGANError(path, f"cannot write here: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VAEGANError(path, f"cannot write here: {existing} is not writable")
 
 
 def write_slice(path: str | os.PathLike, image, units: str, modality: str) -> None:
@@ -111,9 +146,11 @@ def write_overview_png(path: str | os.PathLike, rows: Sequence[Sequence[np.ndarr
                 ax.set_title(str(titles[c]), fontsize=9)
             if c == 0 and row_titles is not None and r < len(row_titles):
                 ax.set_ylabel(str(row_titles[r]), fontsize=9)
-    fig.tight_layout(pad=0.3)
-    with atomic_path(path, suffix=".png") as tmp:
-        try:
-            fig.savefig(tmp, format="png")
-        except OSError as err:
-            raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None
+    with warnings.catch_warnings():  # file names in scripts the font lacks: boxes, no warning
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout(pad=0.3)
+        with atomic_path(path, suffix=".png") as tmp:
+            try:
+                fig.savefig(tmp, format="png")
+            except OSError as err:
+                raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None

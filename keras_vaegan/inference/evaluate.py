@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_vaegan.data import readers, volumes
 from keras_vaegan.data.atomic import atomic_write_text
+from keras_vaegan.data.filters import gaussian_blur
 from keras_vaegan.errors import VAEGANError
 
 CLIP_HU = (-1024.0, 3000.0)
@@ -120,20 +121,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
 def _gaussian(x: np.ndarray) -> np.ndarray:
     """Separable gaussian blur (sigma 1.5, 11 taps) over the last two axes, reflected borders."""
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
-    kernel /= kernel.sum()
-    out = x
-    for axis in (-2, -1):
-        pad = [(0, 0)] * out.ndim
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="symmetric")  # scipy.ndimage's "reflect"
-        length = out.shape[axis]
-        acc = np.zeros_like(out)
-        for i, weight in enumerate(kernel):
-            acc += weight * np.take(padded, np.arange(i, i + length), axis=axis)
-        out = acc
-    return out
+    return gaussian_blur(x, SSIM_SIGMA, radius, pad_mode="symmetric", dtype=np.float64)
 
 
 def score(prediction_hu, reference_hu, mask=None) -> dict:
@@ -222,6 +210,10 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     if (input_path is None) == (prediction_path is None):
         raise VAEGANError(None, "give --input (MRI to translate with a model) or --prediction "
                                 "(synthetic CT already made), one of them")
+    if json_path is not None:
+        from keras_vaegan.data.writers import check_writable
+
+        check_writable(json_path)  # before the work, not after it
     reference_path = os.fspath(reference_path)
     references = _collect(reference_path, "ct")
     if prediction_path is not None:
@@ -260,7 +252,12 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
                 sys.stderr.flush()
             reference, ref_volume = _read(ref_item, "ct")
             if loaded is not None:
-                prediction, pred_volume = _translate(loaded, predicted[key], batch_size)
+                try:
+                    prediction, pred_volume = _translate(loaded, predicted[key], batch_size)
+                except VAEGANError as err:
+                    if err.path is not None:
+                        raise
+                    raise VAEGANError(predicted[key].path, err.reason) from None
                 pred_label = f"model {loaded.run_dir}"
             else:
                 prediction, pred_volume = _read(predicted[key], "ct")

@@ -75,8 +75,9 @@ def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
                                 or version < 1):
         raise VAEGANError(None, f"version must be a whole number >= 1, got {version}")
     output = os.fspath(output)
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise VAEGANError(output, "export output exists and is not a folder")
+    from keras_vaegan.data.writers import check_output_folder
+
+    check_output_folder(output)
     if fmt == "onnx":
         _require_tf2onnx()
 

@@ -6,10 +6,12 @@ so the output has the input's height and width. ``samples > 1`` draws the
 latent ``K`` times and returns the mean and the per-pixel standard deviation
 (the model's own uncertainty).
 
-``predict`` reads and checks every input before it writes anything, converts
-them to model units with the units the run was trained on, and writes the
-outputs in the target modality's units (HU for CT) through the atomic
-writers, one output per input with the same name, plus an ``overview.png``.
+``predict`` reads and checks every 2-D input and every volume header before it
+writes anything, converts them to model units with the units the run was
+trained on, and writes the outputs in the target modality's units (HU for
+CT) through the atomic writers, one output per input with the same name,
+plus an ``overview.png``. It never writes over an input, and over an earlier
+output only with ``overwrite``.
 A volume (NIfTI file, DICOM series) is translated axial slice by axial slice
 (``translate_volume``) and written back on its own grid: NIfTI in, NIfTI
 out; DICOM series in, a derived DICOM series out.
@@ -38,6 +40,9 @@ PAD_VALUE = -1.0  # air / background in model units
 OVERVIEW_NAME = "overview.png"
 OVERVIEW_ROWS = 8
 _CHUNK_BATCHES = 16  # batches translated (and held in memory) before their outputs are written
+MAX_PASS_PIXELS = 2 ** 22  # pixels in one forward pass (padded): one 2048x2048 slice, or 16 of
+# 512x512. On CPU the default generator needs about 1 GB per million pixels, so a bigger slice
+# is refused and big slices go fewer to a batch than --batch-size.
 
 
 def _source_target(direction: str) -> tuple[str, str]:
@@ -79,8 +84,10 @@ def translate_slices(model, images: Sequence[np.ndarray], direction: str = "mri2
 
     results: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(prepared)
     for shape, indices in groups.items():
-        for start in range(0, len(indices), batch_size):
-            batch_indices = indices[start:start + batch_size]
+        check_slice_pixels(None, shape, stride)
+        per_pass = max(1, min(batch_size, MAX_PASS_PIXELS // (shape[0] * shape[1])))
+        for start in range(0, len(indices), per_pass):
+            batch_indices = indices[start:start + per_pass]
             batch = np.stack([_pad(prepared[i], shape) for i in batch_indices])[..., None]
             mean, std = _translate_batch(model, batch, direction, samples)
             for row, i in enumerate(batch_indices):
@@ -99,6 +106,15 @@ def _translate_batch(model, batch: np.ndarray, direction: str, samples: int):
     draws = np.stack([keras.ops.convert_to_numpy(model.translate(inputs, direction, sample=True))
                       [..., 0].astype(np.float32) for _ in range(samples)])
     return draws.mean(axis=0), draws.std(axis=0)
+
+
+def check_slice_pixels(path: str | None, shape: tuple[int, int], stride: int) -> None:
+    """Refuse a slice bigger than one forward pass may be (``MAX_PASS_PIXELS``, padded)."""
+    rows, cols = _padded_shape(tuple(shape), stride)
+    if rows * cols > MAX_PASS_PIXELS:
+        raise VAEGANError(path, f"slices of {shape[1]}x{shape[0]} pixels are too big to "
+                                f"translate (at most {MAX_PASS_PIXELS:,} pixels after padding, "
+                                "e.g. 2048x2048); crop or downsample them")
 
 
 def _as_2d(image) -> np.ndarray:
@@ -167,6 +183,13 @@ def volume_input_map(volume: volumes.Volume, modality: str, config) -> units.Int
                      modality, config)
 
 
+def volume_input_check(modality: str, config, path: str | None = None) -> None:
+    """Refuse CT volumes (HU) for a run that was trained on 8-bit CT, before reading them."""
+    if modality == "ct" and config.ct_units == "uint8":
+        raise VAEGANError(path, "CT volumes hold HU, but this run was trained on 8-bit CT; "
+                                "give 8-bit images or a run trained on HU")
+
+
 def volume_output_map(modality: str, config, path: str | None = None) -> units.IntensityMap:
     """The output map for a volume; refuses CT output from a run that never saw HU."""
     name, mapping = output_map(modality, config)
@@ -231,16 +254,30 @@ class _VolumeJob:
 def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             run: LoadedRun | str | os.PathLike | None = None, direction: str = "mri2ct",
             samples: int = 1, fmt: str = "same", batch_size: int = 4,
-            progress: bool = True) -> list[str]:
+            progress: bool = True, overwrite: bool = False,
+            on_bad: readers.BadFileHandler | None = None) -> list[str]:
     """Translate every slice and volume under ``input_path`` into ``output_dir``; return the paths.
 
-    2-D slices: every input is read and every output name checked before
-    anything is written; one output per input, same name. Volumes: a NIfTI
-    file gives a NIfTI file of the same name on the same grid, a DICOM series
-    gives a DICOM series folder (``_std`` beside each for ``samples > 1``).
-    Volume headers are checked before anything is written; a volume's
-    voxels are read when it is translated, and every output appears whole or
-    not at all. Any problem raises ``VAEGANError``; inputs are never overwritten.
+    One output per input, same name: a 2-D slice gives a slice, a NIfTI
+    file a NIfTI file on the same grid, a DICOM series a DICOM series folder
+    (``_std`` beside each for ``samples > 1``).
+
+    Before anything is written: every 2-D slice is read and checked, every
+    volume's header is checked (``volumes.find_inputs``: size, dimensions,
+    data cut short), the run is loaded, and every output name is checked. An
+    output may not be an input file (nor a series folder holding one), two
+    inputs may not share an output, and an output that exists is refused
+    unless ``overwrite``, which replaces it. ``output_dir`` may be the input
+    folder, or inside it, only when no output name hits an input.
+
+    A volume's voxels are read when it is translated; a problem found then
+    (NaN or inf voxels, DICOM pixel data that does not decode) stops
+    ``predict`` with the outputs already written complete and nothing of
+    that volume written. Every output appears whole or not at all.
+
+    ``on_bad`` (``--skip-bad``): a bad input file, found up front or when a
+    volume is read, is handed to it as a ``VAEGANError`` and left out, and
+    the others are translated. Any other problem raises ``VAEGANError``.
     """
     source, target = _source_target(direction)
     if fmt not in FORMATS:
@@ -252,29 +289,65 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         raise VAEGANError(None, f"batch size must be a whole number >= 1, got {batch_size}")
     samples, batch_size = int(samples), int(batch_size)
     input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
-    _check_output_dir(input_path, output_dir)
+    writers.check_output_folder(output_dir)
 
-    files, sources = volumes.find_inputs(input_path, source)
+    files, sources = volumes.find_inputs(input_path, source, on_bad=on_bad)
     if os.path.isdir(input_path):
         files, sources = _source_role_only(input_path, files, sources, source)
     if sources and fmt != "same":
         raise VAEGANError(sources[0].path, f"--format {fmt} is for 2-D slices; volumes are "
                                            "written like their input (NIfTI or DICOM): use "
                                            "--format same")
-    pieces = [readers.read_slice(path, source) for path in files]
-    names = volumes.input_names(input_path, files, sources)
+    pieces = []
+    for path in files:
+        try:
+            pieces.append(readers.read_slice(path, source))
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
+    if not pieces and not sources:
+        raise VAEGANError(input_path, "no readable images (every image file was bad)")
     if not isinstance(run, LoadedRun):
         run = load_run(run)
     config, model = run.config, run.model
-    maps_in = [input_map(piece, source, config) for piece in pieces]
+    stride = int(model.total_stride)
+    usable, maps_in = [], []
+    for piece in pieces:  # 8-bit CT for a run trained on HU, slices too big, and the like
+        try:
+            check_slice_pixels(piece.path, piece.pixels.shape, stride)
+            maps_in.append(input_map(piece, source, config))
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
+            continue
+        usable.append(piece)
+    pieces = usable
+    usable_sources = []
+    for volume_source in sources:
+        try:
+            if volume_source.slice_shape is not None:
+                check_slice_pixels(volume_source.path, volume_source.slice_shape, stride)
+        except VAEGANError as err:
+            readers.skip_or_raise(on_bad, err)
+            continue
+        usable_sources.append(volume_source)
+    sources = usable_sources
+    if not pieces and not sources:
+        raise VAEGANError(input_path, "no images this run can translate")
     out_units, map_out = output_map(target, config)
     if sources:
+        volume_input_check(source, config, sources[0].path)
         volume_output_map(target, config, sources[0].path)
-    taken: dict[str, str] = {os.path.normcase(os.path.join(output_dir, OVERVIEW_NAME)).lower():
-                             "the overview image"}
-    inputs = {_real(p.path) for p in pieces} | {_real(f) for s in sources for f in s.files}
+    names = volumes.input_names(input_path, [piece.path for piece in pieces], sources)
+    overview = os.path.join(output_dir, OVERVIEW_NAME)
+    taken: dict[str, str] = {os.path.normcase(overview).lower(): "the overview image"}
+    # every image file found counts as an input, also one left out as bad
+    inputs = {_real(path) for path in readers.find_images(input_path)}
     jobs = _plan_outputs(output_dir, pieces, names, out_units, fmt, samples, taken, inputs)
     volume_jobs = _plan_volume_outputs(output_dir, sources, names, samples, taken, inputs)
+    outputs = [p for job in jobs for p in (job.output, job.std_output) if p]
+    outputs += [p for job in volume_jobs for p in (job.output, job.std_output) if p]
+    _check_existing(outputs, volume_folders={p for job in volume_jobs if job.source.kind ==
+                                             "dicom" for p in (job.output, job.std_output) if p},
+                    overview=overview, inputs=inputs, overwrite=overwrite)
 
     total = len(jobs) + sum(s.slice_count for s in sources)
     counter = _Progress(total, f"predict {direction}") if progress else None
@@ -301,7 +374,17 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
                     overview_names.append(os.path.basename(job.piece.path))
 
         for job in volume_jobs:
-            volume = volumes.read_volume(job.source, source)
+            try:
+                volume = volumes.read_volume(job.source, source)
+            except VAEGANError as err:
+                if on_bad is None:
+                    raise
+                if counter:
+                    counter.drop(job.source.slice_count)
+                on_bad(err)
+                if counter:
+                    counter.show()
+                continue
             result = translate_volume(run, volume, direction, samples, batch_size,
                                       on_done=counter.advance if counter else None)
             study_uid = _new_uid() if volume.kind == "dicom" else None
@@ -322,7 +405,8 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         if counter:  # end the progress line, also when an error follows
             counter.close()
 
-    overview = os.path.join(output_dir, OVERVIEW_NAME)
+    if not written:  # every volume was left out when its voxels were read
+        raise VAEGANError(input_path, "no readable images (every image file was bad)")
     titles = [source.upper(), f"synthetic {target.upper()}"] + (["std (scaled)"] if samples > 1
                                                                   else [])
     writers.write_overview_png(overview, overview_rows, titles, row_titles=overview_names)
@@ -355,27 +439,6 @@ def _new_uid() -> str:
     return generate_uid()
 
 
-def _check_output_dir(input_path: str, output_dir: str) -> None:
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise VAEGANError(output_dir, "output exists and is not a folder")
-    if os.path.isdir(input_path) and _same_path(input_path, output_dir):
-        raise VAEGANError(output_dir, "output folder is the input folder; choose another "
-                                      "folder so inputs are not overwritten")
-    existing = output_dir
-    while existing and not os.path.exists(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
-    existing = existing or "."
-    if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
-        raise VAEGANError(output_dir, "output folder is not writable")
-
-
-def _same_path(a: str, b: str) -> bool:
-    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
-
-
 def _real(path: str) -> str:
     return os.path.normcase(os.path.realpath(path))
 
@@ -388,8 +451,27 @@ def _claim(path: str, owner: str, taken: dict[str, str], inputs: set[str]) -> No
                                  f"{taken[key]}; rename one or use another --format")
     taken[key] = owner
     if _real(path) in inputs:
-        raise VAEGANError(path, "output would overwrite an input file; choose another "
-                                "output folder")
+        raise VAEGANError(path, "is an input and its output would overwrite it; write to an "
+                                "output folder outside the input folder")
+
+
+def _check_existing(outputs: list[str], volume_folders: set[str], overview: str,
+                    inputs: set[str], overwrite: bool) -> None:
+    """Refuse outputs that exist (unless ``overwrite``), and the overview image on an input."""
+    if _real(overview) in inputs:
+        raise VAEGANError(overview, "is an input and the overview image would overwrite it; "
+                                    "write to an output folder outside the input folder")
+    for path in [*outputs, overview]:
+        if not os.path.lexists(path):
+            continue
+        if not overwrite:
+            raise VAEGANError(path, "output exists; use --overwrite to replace it")
+        if os.path.isdir(path) and path not in volume_folders:
+            raise VAEGANError(path, "output exists and is a folder; remove it or choose "
+                                    "another output folder")
+        if path in volume_folders and not os.path.isdir(path):
+            raise VAEGANError(path, "output series folder exists and is a file; remove it or "
+                                    "choose another output folder")
 
 
 def _plan_outputs(output_dir: str, pieces: list[readers.Slice], names: dict, out_units: str,
@@ -475,6 +557,15 @@ class _Progress:
 
     def advance(self, count: int) -> None:
         self.done += count
+        self._show()
+
+    def drop(self, count: int) -> None:
+        """Leave ``count`` slices out of the total and end the line, for a message below it."""
+        self.total -= count
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def show(self) -> None:
         self._show()
 
     def _show(self) -> None:

@@ -3,7 +3,10 @@
 ``predict``, ``evaluate`` and ``export`` all start from a run: the one given
 with ``--model RUN``, or the newest one under ``savedmodels/``. Anything that
 is not a loadable run becomes one ``VAEGANError`` naming the path, never a
-raw Keras, zip or h5 exception.
+raw Keras, zip or h5 exception. Model files are untrusted: ``config.json`` is
+validated (unknown keys, types, ranges) and ``model.keras`` is loaded in
+Keras safe mode, so a file holding Python code (a ``Lambda`` layer) is
+refused, never run.
 """
 
 from __future__ import annotations
@@ -91,10 +94,28 @@ def _load_model(path: str):
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # ValueError, zipfile.BadZipFile, OSError, KeyError, h5py errors
+        unsafe = _unsafe_content(err)
+        if unsafe:
+            raise VAEGANError(path, f"refused: it holds Python code ({unsafe}) that loading "
+                                    "would run, and Keras safe mode never loads code from a "
+                                    "model file; use a run trained with keras-vaegan") from None
         raise VAEGANError(path, f"cannot load the model ({_one_line(err, path)})") from None
     if not (hasattr(model, "translate") and hasattr(model, "total_stride")):
         raise VAEGANError(path, f"not a VAE-CycleGAN model (got {type(model).__name__})")
     return model
+
+
+def _unsafe_content(err: BaseException) -> str | None:
+    """What Keras safe mode refused to deserialize (e.g. "a `Lambda` layer"), or None."""
+    import re
+
+    text = str(err)
+    if "safe_mode" not in text and "arbitrary code" not in text:
+        return None
+    found = re.search(r"deserialization of an? `?([\w.]+)`? ?(layer|function|object)?", text)
+    if not found:
+        return "a lambda or other Python function"
+    return f"a `{found.group(1)}` {found.group(2) or 'object'}"
 
 
 def _one_line(err: BaseException, path: str) -> str:

@@ -41,10 +41,13 @@ def default_run_dir(root: str = "savedmodels") -> str:
 def fit(config: Config, output: str | None = None, data_root: str | None = None,
         mri_dir: str | None = None, ct_dir: str | None = None, resume: bool = False,
         validation_data: str | None = None, verbose: int | str = "auto",
-        callbacks: list | None = None, messages: bool | None = None) -> str:
+        callbacks: list | None = None, messages: bool | None = None, on_bad=None) -> str:
     """Train (or resume) a run and return its directory.
 
     ``callbacks`` are extra Keras callbacks run after the run's own.
+    ``on_bad`` (``--skip-bad``): called with the ``VAEGANError`` of each bad
+    input file, which is left out; by default a bad file stops ``fit`` before
+    anything is written.
     ``verbose`` is Keras's progress bar; ``messages`` (default: ``bool(verbose)``)
     prints what the run is doing (data, policy, resume point) to stderr.
 
@@ -64,21 +67,25 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
     previous_policy = keras.mixed_precision.dtype_policy()
     try:
         return _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume,
-                    validation_data, verbose, callbacks, say)
+                    validation_data, verbose, callbacks, say, on_bad)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validation_data,
-         verbose, callbacks, say) -> str:
+         verbose, callbacks, say, on_bad=None) -> str:
     policy = apply_precision(config.mixed_precision)
     if config.jit_compile and policy == "mixed_bfloat16" and keras.backend.backend() == "tensorflow":
         raise VAEGANError(None, "--jit-compile with bfloat16 fails in TensorFlow's XLA "
                                 "(bilinear upsampling gradients mix precisions); drop one of them")
     distribution = setup_distribution(config.strategy, config.batch_size)
     keras.utils.set_random_seed(config.seed)
-    data = load_training_data(config, data_root=data_root, mri_dir=mri_dir, ct_dir=ct_dir)
+    data = load_training_data(config, data_root=data_root, mri_dir=mri_dir, ct_dir=ct_dir,
+                              on_bad=on_bad)
     config = data.config.replace(precision_policy=policy)
+    held_out = None  # read before the run folder is made: a bad file writes nothing
+    if validation_data:
+        held_out = load_training_data(config, data_root=validation_data, on_bad=on_bad)
     say(f"data: {data.source}")
     say(f"backend: {keras.backend.backend()}, precision policy: {policy}, "
                   f"distribution: {distribution.name} ({distribution.replicas} replica(s))")
@@ -91,8 +98,7 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     dataset = make_training_dataset(data.mri, data.ct, config)
     val_mri, val_ct = make_validation_batch(data.mri, data.ct, config, config.snapshot_count)
     validation = None
-    if validation_data:
-        held_out = load_training_data(config, data_root=validation_data)
+    if held_out is not None:
         validation = make_training_dataset(held_out.mri, held_out.ct, config, seed=config.seed + 7)
 
     with distribution.scope:

@@ -1,0 +1,203 @@
+"""Synthesis quality on the phantom: train for a fixed budget, predict, evaluate, ablate.
+
+1. Writes a phantom split as NIfTI volumes: training MRI and training CT from
+   *different* subjects (unpaired), and paired test subjects with masks.
+2. Trains with ``keras_vaegan.training.fit.fit`` (the code path of
+   ``python cli.py fit``) for ``--steps`` steps, predicts the test MRI volumes
+   and scores them with ``keras_vaegan.inference.evaluate.evaluate`` (MAE in
+   HU, PSNR, SSIM in the body mask, SynthRAD conventions).
+3. Reports, per variant: MRI -> CT metrics, CT -> MRI MAE in normalised
+   units, the rank correlation between the K=8 latent standard deviation and
+   the absolute error, and the per-intensity lookup-table floor fitted on the
+   test pairs themselves (the best a method that maps each MRI intensity to
+   one HU value can do: it cannot tell bone from air).
+4. Writes results/quality-<name>.json and a figure (MRI | sCT | CT | |error| |
+   uncertainty) for a few test slices.
+
+    python benchmarks/quality.py --steps 2000 --variants full,no_kl,single_head,no_augment,copies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+VARIANTS = {
+    "full": {},
+    "no_kl": {"vae_sampling": False, "beta_kl": 0.0},  # deterministic latent: plain CycleGAN G
+    "single_head": {"disc_heads": 1},
+    "no_augment": {"augment": False},
+    "copies": {"augment_copies": 1},  # the seed's one fixed augmented copy per sample
+}
+HU_CLIP = (-1024.0, 3000.0)
+
+
+def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
+                slices: int, seed: int) -> dict:
+    """Unpaired training volumes (flat mri/ and ct/ folders) and paired test subjects."""
+    from keras_vaegan.data.phantom import write_phantom
+
+    paths = {"mri": os.path.join(root, "train", "mri"), "ct": os.path.join(root, "train", "ct"),
+             "test": os.path.join(root, "test")}
+    for modality, offset in (("mri", 1000), ("ct", 2000)):
+        staging = os.path.join(root, f"staging-{modality}")
+        write_phantom(staging, subjects=train_subjects, slices=slices, size=size, fmt="nii",
+                      seed=seed + offset)
+        os.makedirs(paths[modality], exist_ok=True)
+        for subject in sorted(os.listdir(staging)):
+            shutil.copy(os.path.join(staging, subject, f"{modality}.nii.gz"),
+                        os.path.join(paths[modality], f"{subject}.nii.gz"))
+        shutil.rmtree(staging)
+    write_phantom(paths["test"], subjects=test_subjects, slices=slices, size=size, fmt="nii",
+                  seed=seed + 3000)
+    return paths
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho (ranks by argsort; ties are rare for float maps)."""
+    ra = np.empty(len(a)); ra[np.argsort(a)] = np.arange(len(a))
+    rb = np.empty(len(b)); rb[np.argsort(b)] = np.arange(len(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def lookup_table_floor(mri_units: list, cts: list, masks: list, bins: int = 256) -> float:
+    """MAE (HU) of the best per-intensity map MRI -> HU, fitted on the test pairs."""
+    x = np.concatenate([m[k > 0] for m, k in zip(mri_units, masks)])
+    y = np.clip(np.concatenate([c[k > 0] for c, k in zip(cts, masks)]), *HU_CLIP)
+    index = np.clip(((x + 1) / 2 * (bins - 1)).round().astype(int), 0, bins - 1)
+    table = np.zeros(bins)
+    for b in np.unique(index):
+        table[b] = np.median(y[index == b])  # the median minimises the absolute error
+    return float(np.mean(np.abs(table[index] - y)))
+
+
+def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
+    from keras_vaegan.data.volumes import read_volume
+    from keras_vaegan.inference.evaluate import evaluate
+    from keras_vaegan.inference.predict import translate_volume
+    from keras_vaegan.inference.runs import load_run
+
+    run = load_run(run_dir)
+    report = evaluate(test_root, test_root, run=run, batch_size=8)
+    subjects = sorted(os.listdir(test_root))
+    stds, errors, ct2mri, panels = [], [], [], []
+    for subject in subjects:
+        folder = os.path.join(test_root, subject)
+        mri = read_volume(os.path.join(folder, "mri.nii.gz"), "mri")
+        ct = read_volume(os.path.join(folder, "ct.nii.gz"), "ct")
+        mask = read_volume(os.path.join(folder, "mask.nii.gz"), "ct").voxels > 0.5
+        sampled = translate_volume(run, mri, "mri2ct", samples=8, batch_size=8)
+        deterministic = translate_volume(run, mri, "mri2ct", samples=1, batch_size=8)
+        error = np.abs(np.clip(deterministic.mean, *HU_CLIP) - np.clip(ct.voxels, *HU_CLIP))
+        stds.append(sampled.std[mask])
+        errors.append(error[mask])
+        back = translate_volume(run, ct, "ct2mri", samples=1, batch_size=8)
+        ct2mri.append(np.abs(back.unit_mean - deterministic.unit_input)[mask])
+        middle = mri.voxels.shape[0] // 2
+        panels.append([deterministic.unit_input[middle], deterministic.mean[middle],
+                       ct.voxels[middle], error[middle], sampled.std[middle]])
+    result = {
+        "mri2ct": report["mean"],
+        "ct2mri_mae_units": float(np.mean(np.concatenate(ct2mri))),
+        "uncertainty_spearman": rank_correlation(np.concatenate(stds), np.concatenate(errors)),
+        "subjects": len(subjects),
+    }
+    if figure:
+        draw_figure(figure, panels[:3])
+    return result
+
+
+def draw_figure(path: str, panels: list) -> None:
+    from matplotlib.figure import Figure
+
+    titles = ["MRI", "synthetic CT (HU)", "CT (HU)", "|error| (HU)", "uncertainty std (HU)"]
+    ranges = [(-1, 1), (-1024, 2000), (-1024, 2000), (0, 1000), (0, 300)]
+    fig = Figure(figsize=(2.2 * len(titles), 2.2 * len(panels)))
+    for r, row in enumerate(panels):
+        for c, (image, (lo, hi)) in enumerate(zip(row, ranges)):
+            ax = fig.add_subplot(len(panels), len(titles), r * len(titles) + c + 1)
+            ax.imshow(image, cmap="gray" if c < 3 else "magma", vmin=lo, vmax=hi)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def floor_for(test_root: str, config) -> float:
+    from keras_vaegan.data.units import mri_map
+    from keras_vaegan.data.volumes import read_volume
+
+    mris, cts, masks = [], [], []
+    for subject in sorted(os.listdir(test_root)):
+        folder = os.path.join(test_root, subject)
+        mri = read_volume(os.path.join(folder, "mri.nii.gz"), "mri").voxels
+        mris.append(mri_map(mri, config.mri_percentiles).to_unit(mri))
+        cts.append(read_volume(os.path.join(folder, "ct.nii.gz"), "ct").voxels)
+        masks.append(read_volume(os.path.join(folder, "mask.nii.gz"), "ct").voxels)
+    return lookup_table_floor(mris, cts, masks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000, help="training budget in steps")
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default="full", help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides applied to every variant (JSON values)")
+    parser.add_argument("--train-subjects", type=int, default=24)
+    parser.add_argument("--test-subjects", type=int, default=4)
+    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--name", default="phantom64")
+    parser.add_argument("--keep", help="keep the runs and data in this folder")
+    args = parser.parse_args()
+
+    from keras_vaegan.config import Config
+    from keras_vaegan.training.fit import fit
+
+    overrides = {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        overrides[key] = json.loads(raw)
+    work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
+    paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
+                        args.test_subjects, args.slices, args.seed)
+    base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
+                  steps_per_epoch=args.steps_per_epoch,
+                  epochs=max(1, args.steps // args.steps_per_epoch), **overrides)
+    results = {"benchmark": "quality", **common.machine(), "steps": base.total_steps,
+               "batch_size": args.batch_size, "image_size": args.image_size,
+               "seed": args.seed, "overrides": overrides,
+               "lookup_table_floor_mae_hu": floor_for(paths["test"], base), "variants": {}}
+    for name in args.variants.split(","):
+        config = base.replace(**VARIANTS[name])
+        run_dir = os.path.join(work, f"run-{name}")
+        start = time.perf_counter()
+        fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=0)
+        minutes = (time.perf_counter() - start) / 60
+        figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
+        scored = score_variant(run_dir, paths["test"], figure)
+        results["variants"][name] = {**scored, "train_minutes": round(minutes, 1),
+                                     "config": VARIANTS[name]}
+        print(json.dumps({name: results["variants"][name]}), flush=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    common.write_result(f"quality-{args.name}-seed{args.seed}", results)
+
+
+if __name__ == "__main__":
+    main()
