@@ -23,18 +23,22 @@ import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would
+# report the parent's high-water mark.
+PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+
 IN_PROCESS = r"""
-import json, resource, sys, time
+import json, sys, time
 t = time.perf_counter()
 from keras_vaegan.inference.predict import predict
 written = predict(sys.argv[1], sys.argv[2], run=sys.argv[3], batch_size=int(sys.argv[4]),
                   progress=False)
 print(json.dumps({"seconds": time.perf_counter() - t, "files": len(written),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": PEAK}))
 """
 
 SAVED_MODEL = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 t = time.perf_counter()
 import nibabel as nib
@@ -46,12 +50,12 @@ slices = np.moveaxis(volume, -1, 0)[..., None]
 out = [serve(images=tf.constant(slices[i:i + batch]))["translated"].numpy()
        for i in range(0, len(slices), batch)]
 print(json.dumps({"seconds": time.perf_counter() - t, "slices": int(sum(len(o) for o in out)),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": PEAK}))
 """
 
 
 def run_python(code: str, *args) -> dict:
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code.replace("PEAK", PEAK), *map(str, args)], capture_output=True,
                             text=True, timeout=3600)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
@@ -77,6 +81,7 @@ def make_run(folder: str) -> str:
     config = Config()
     model = VAECycleGAN(config)
     model.compile()
+    os.makedirs(folder, exist_ok=True)
     model.save(os.path.join(folder, "model.keras"))
     config.save(os.path.join(folder, "config.json"))
     return folder
