@@ -11,10 +11,16 @@
    the absolute error, and the per-intensity lookup-table floor fitted on the
    test pairs themselves (the best a method that maps each MRI intensity to
    one HU value can do: it cannot tell bone from air).
-4. Writes results/quality-<name>.json and a figure (MRI | sCT | CT | |error| |
-   uncertainty) for a few test slices.
+4. Writes results/quality-<name>-seed<seed>.json and, per variant, a figure
+   (MRI | sCT | CT | |error| | uncertainty) of test slices at three levels of
+   the head (face and maxillary sinuses, middle, vertex).
 
     python benchmarks/quality.py --steps 2000 --variants full,no_kl,single_head,no_augment,copies
+
+Variants run one after the other; to use both cores, start one process per
+group of variants with the same --name/--seed/--steps: each adds its variants
+to the same JSON file. ``--table`` prints the README's markdown table from
+the JSON files, ``--score RUN`` scores a run kept with ``--keep`` again.
 """
 
 from __future__ import annotations
@@ -103,9 +109,9 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
         errors.append(error[mask])
         back = translate_volume(run, ct, "ct2mri", samples=1, batch_size=8)
         ct2mri.append(np.abs(back.unit_mean - deterministic.unit_input)[mask])
-        middle = mri.voxels.shape[0] // 2
-        panels.append([deterministic.unit_input[middle], deterministic.mean[middle],
-                       ct.voxels[middle], error[middle], sampled.std[middle]])
+        level = figure_slice(len(panels), mri.voxels.shape[0])
+        panels.append([deterministic.unit_input[level], deterministic.mean[level],
+                       ct.voxels[level], error[level], sampled.std[level]])
     result = {
         "mri2ct": report["mean"],
         "ct2mri_mae_units": float(np.mean(np.concatenate(ct2mri))),
@@ -115,6 +121,11 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
     if figure:
         draw_figure(figure, panels[:3])
     return result
+
+
+def figure_slice(row: int, slices: int) -> int:
+    """Rows of the figure show the face (sinuses), the middle and the top of the head."""
+    return (min(1, slices - 1), slices // 2, max(0, slices - 2))[row % 3]
 
 
 def draw_figure(path: str, panels: list) -> None:
@@ -148,6 +159,44 @@ def floor_for(test_root: str, config) -> float:
     return lookup_table_floor(mris, cts, masks)
 
 
+def merge_result(name: str, results: dict) -> dict:
+    """Add this invocation's variants to results/NAME.json when the budget matches."""
+    path = os.path.join(common.RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return results
+    with open(path, encoding="utf-8") as handle:
+        previous = json.load(handle)
+    same = all(previous.get(k) == results[k] for k in ("steps", "batch_size", "image_size",
+                                                        "seed", "overrides", "backend"))
+    if not same:
+        print(f"note: {path} was measured with other settings; replacing it", flush=True)
+        return results
+    return {**results, "variants": {**previous.get("variants", {}), **results["variants"]}}
+
+
+TABLE_ORDER = ("full", "no_kl", "single_head", "no_augment", "copies")
+
+
+def markdown_table(paths: list[str]) -> str:
+    """One row per (file, variant): the README's quality table."""
+    header = ("| variant | seed | steps | MRI -> CT MAE (HU) | PSNR (dB) | SSIM | CT -> MRI MAE "
+              "(units) | std vs error (Spearman) | lookup-table floor (HU) | minutes |")
+    rows = [header,
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+        names = sorted(result["variants"], key=lambda n: (TABLE_ORDER + (n,)).index(n))
+        for name in names:
+            v = result["variants"][name]
+            m = v["mri2ct"]
+            rows.append(f"| {name} | {result['seed']} | {result['steps']} | {m['mae_hu']:.0f} | "
+                        f"{m['psnr_db']:.1f} | {m['ssim']:.2f} | {v['ct2mri_mae_units']:.2f} | "
+                        f"{v['uncertainty_spearman']:.2f} | "
+                        f"{result['lookup_table_floor_mae_hu']:.0f} | {v['train_minutes']} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,7 +213,14 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--name", default="phantom64")
     parser.add_argument("--keep", help="keep the runs and data in this folder")
+    parser.add_argument("--score", metavar="RUN",
+                        help="only score this run (kept with --keep) and draw its figure")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="only print the markdown table of these result files")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
 
     from keras_vaegan.config import Config
     from keras_vaegan.training.fit import fit
@@ -179,6 +235,12 @@ def main() -> None:
     base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
                   steps_per_epoch=args.steps_per_epoch,
                   epochs=max(1, args.steps // args.steps_per_epoch), **overrides)
+    if args.score:
+        figure = os.path.join(common.RESULTS, f"quality-{args.name}-scored-seed{args.seed}.png")
+        print(json.dumps(score_variant(args.score, paths["test"], figure)), flush=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     results = {"benchmark": "quality", **common.machine(), "steps": base.total_steps,
                "batch_size": args.batch_size, "image_size": args.image_size,
                "seed": args.seed, "overrides": overrides,
@@ -196,7 +258,8 @@ def main() -> None:
         print(json.dumps({name: results["variants"][name]}), flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    common.write_result(f"quality-{args.name}-seed{args.seed}", results)
+    name = f"quality-{args.name}-seed{args.seed}"
+    common.write_result(name, merge_result(name, results))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""The quality benchmark's own arithmetic: the lookup-table floor, Spearman, merging, the table."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+quality = pytest.importorskip("quality")
+
+
+def test_lookup_table_floor_is_zero_when_ct_is_a_function_of_mri():
+    mri = np.linspace(-1, 1, 256).reshape(16, 16)
+    ct = 1000.0 * mri ** 2 - 500.0  # one HU per MRI bin, not monotonic
+    mask = np.ones_like(mri)
+    assert quality.lookup_table_floor([mri], [ct], [mask]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lookup_table_floor_cannot_tell_bone_from_air():
+    # the same dark MRI value is air (-1000 HU) in half the voxels and bone (+1000) in the rest
+    mri = np.full((4, 4), -0.9)
+    ct = np.where(np.arange(16).reshape(4, 4) % 2 == 0, -1000.0, 1000.0)
+    mask = np.ones_like(mri)
+    assert quality.lookup_table_floor([mri], [ct], [mask]) == pytest.approx(1000.0)
+    # voxels outside the mask do not count
+    mask[:, :] = 0
+    mask[0, 0] = 1
+    assert quality.lookup_table_floor([mri], [ct], [mask]) == pytest.approx(0.0)
+
+
+def test_rank_correlation_is_spearman():
+    a = np.array([0.1, 0.5, 0.2, 0.9, 0.4])
+    assert quality.rank_correlation(a, a ** 3) == pytest.approx(1.0)
+    assert quality.rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert quality.rank_correlation(a, np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == pytest.approx(0.5)
+
+
+def _result(variants: dict, steps: int = 2000) -> dict:
+    return {"steps": steps, "batch_size": 4, "image_size": 64, "seed": 0, "overrides": {},
+            "backend": "tensorflow", "lookup_table_floor_mae_hu": 207.3, "variants": variants}
+
+
+def _variant(mae: float) -> dict:
+    return {"mri2ct": {"mae_hu": mae, "psnr_db": 23.75, "ssim": 0.839}, "ct2mri_mae_units": 0.315,
+            "uncertainty_spearman": 0.677, "train_minutes": 31.2}
+
+
+def test_results_of_parallel_invocations_merge_and_render(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality.common, "RESULTS", str(tmp_path))
+    path = tmp_path / "quality-x-seed0.json"
+    path.write_text(json.dumps(_result({"no_kl": _variant(180.0)})))
+    merged = quality.merge_result("quality-x-seed0", _result({"full": _variant(162.4)}))
+    assert set(merged["variants"]) == {"full", "no_kl"}
+    # another budget is not mixed into the same table
+    other = quality.merge_result("quality-x-seed0", _result({"full": _variant(150.0)}, steps=10))
+    assert set(other["variants"]) == {"full"}
+
+    path.write_text(json.dumps(merged))
+    table = quality.markdown_table([str(path)]).splitlines()
+    assert len(table) == 4
+    assert table[2] == "| full | 0 | 2000 | 162 | 23.8 | 0.84 | 0.32 | 0.68 | 207 | 31.2 |"
+    assert table[3].startswith("| no_kl | 0 | 2000 | 180 |")
+
+
+def test_figure_rows_show_three_levels_of_the_head():
+    assert [quality.figure_slice(row, 8) for row in range(3)] == [1, 4, 6]
+    assert [quality.figure_slice(row, 1) for row in range(3)] == [0, 0, 0]
