@@ -178,7 +178,7 @@ TABLE_ORDER = ("full", "no_kl", "single_head", "no_augment", "copies")
 
 
 def markdown_table(paths: list[str]) -> str:
-    """One row per (file, variant): the README's quality table."""
+    """One row per (file, variant): the README's quality table; overrides join the label."""
     header = ("| variant | seed | steps | MRI -> CT MAE (HU) | PSNR (dB) | SSIM | CT -> MRI MAE "
               "(units) | std vs error (Spearman) | lookup-table floor (HU) | minutes |")
     rows = [header,
@@ -187,10 +187,12 @@ def markdown_table(paths: list[str]) -> str:
         with open(path, encoding="utf-8") as handle:
             result = json.load(handle)
         names = sorted(result["variants"], key=lambda n: (TABLE_ORDER + (n,)).index(n))
+        changed = "".join(f" {k}={json.dumps(v)}" for k, v in result["overrides"].items())
         for name in names:
             v = result["variants"][name]
             m = v["mri2ct"]
-            rows.append(f"| {name} | {result['seed']} | {result['steps']} | {m['mae_hu']:.0f} | "
+            label = f"{name} +{changed}" if changed else name
+            rows.append(f"| {label} | {result['seed']} | {result['steps']} | {m['mae_hu']:.0f} | "
                         f"{m['psnr_db']:.1f} | {m['ssim']:.2f} | {v['ct2mri_mae_units']:.2f} | "
                         f"{v['uncertainty_spearman']:.2f} | "
                         f"{result['lookup_table_floor_mae_hu']:.0f} | {v['train_minutes']} |")

@@ -63,6 +63,12 @@ def test_results_of_parallel_invocations_merge_and_render(tmp_path, monkeypatch)
     assert table[2] == "| full | 0 | 2000 | 162 | 23.8 | 0.84 | 0.32 | 0.68 | 207 | 31.2 |"
     assert table[3].startswith("| no_kl | 0 | 2000 | 180 |")
 
+    tuned = tmp_path / "quality-tuned-seed0.json"
+    tuned.write_text(json.dumps({**_result({"full": _variant(170.0)}),
+                                 "overrides": {"disc_heads": 5, "zoom": 0.2}}))
+    assert quality.markdown_table([str(tuned)]).splitlines()[2].startswith(
+        "| full + disc_heads=5 zoom=0.2 | 0 | 2000 | 170 |")
+
 
 def test_figure_rows_show_three_levels_of_the_head():
     assert [quality.figure_slice(row, 8) for row in range(3)] == [1, 4, 6]
