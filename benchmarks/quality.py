@@ -11,6 +11,9 @@
    the absolute error, and the per-intensity lookup-table floor fitted on the
    test pairs themselves (the best a method that maps each MRI intensity to
    one HU value can do: it cannot tell bone from air).
+   ``mri2ct_by_tissue`` splits the MRI -> CT error by CT class (air, soft
+   tissue, bone, and soft tissue away from every edge) to show where the MAE
+   comes from.
 4. Writes results/quality-<name>-seed<seed>.json and, per variant, a figure
    (MRI | sCT | CT | |error| | uncertainty) of test slices at three levels of
    the head (face and maxillary sinuses, middle, vertex).
@@ -87,6 +90,50 @@ def lookup_table_floor(mri_units: list, cts: list, masks: list, bins: int = 256)
     return float(np.mean(np.abs(table[index] - y)))
 
 
+TISSUE_HU = {"air": (-np.inf, -300.0), "soft": (-300.0, 300.0), "bone": (300.0, np.inf)}
+INTERIOR_PX = 3  # "soft_interior": soft tissue at least this far (in-slice) from air or bone
+
+
+def erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """In-slice binary erosion by a (2r+1)^2 square, outside the image counting as False."""
+    out = mask.astype(bool)
+    for axis in (-2, -1):
+        padded = np.pad(out, [(0, 0)] * (out.ndim - 2) + [(radius, radius) if a == axis % out.ndim
+                                                          else (0, 0) for a in
+                                                          range(out.ndim - 2, out.ndim)])
+        size = out.shape[axis]
+        shifted = [np.take(padded, range(k, k + size), axis=axis) for k in range(2 * radius + 1)]
+        out = np.logical_and.reduce(shifted)
+    return out
+
+
+def tissue_errors(scts: list, cts: list, masks: list) -> dict:
+    """Where the MAE comes from: per CT tissue class, signed and absolute error in HU.
+
+    ``share`` is the class's part of the total absolute error in the mask, so
+    the shares of air, soft and bone add up to 1; ``soft_interior`` (soft
+    tissue away from every edge) shows intensity bias without edge blur.
+    """
+    classes = {name: [] for name in (*TISSUE_HU, "soft_interior")}
+    total = 0.0
+    for sct, ct, mask in zip(scts, cts, masks):
+        ct = np.clip(ct, *HU_CLIP)
+        diff = np.clip(sct, *HU_CLIP) - ct
+        total += float(np.abs(diff[mask]).sum())
+        for name, (low, high) in TISSUE_HU.items():
+            classes[name].append(diff[mask & (ct >= low) & (ct < high)])
+        soft = (ct >= TISSUE_HU["soft"][0]) & (ct < TISSUE_HU["soft"][1])
+        classes["soft_interior"].append(diff[mask & erode(soft, INTERIOR_PX)])
+    report = {}
+    for name, parts in classes.items():
+        diff = np.concatenate(parts)
+        report[name] = {"voxels": int(diff.size),
+                        "signed_hu": float(diff.mean()) if diff.size else float("nan"),
+                        "mae_hu": float(np.abs(diff).mean()) if diff.size else float("nan"),
+                        "share": float(np.abs(diff).sum() / total) if total else 0.0}
+    return report
+
+
 def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
     from keras_vaegan.data.volumes import read_volume
     from keras_vaegan.inference.evaluate import evaluate
@@ -96,7 +143,7 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
     run = load_run(run_dir)
     report = evaluate(test_root, test_root, run=run, batch_size=8)
     subjects = sorted(os.listdir(test_root))
-    stds, errors, ct2mri, panels = [], [], [], []
+    stds, errors, ct2mri, panels, tissues = [], [], [], [], ([], [], [])
     for subject in subjects:
         folder = os.path.join(test_root, subject)
         mri = read_volume(os.path.join(folder, "mri.nii.gz"), "mri")
@@ -105,6 +152,8 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
         sampled = translate_volume(run, mri, "mri2ct", samples=8, batch_size=8)
         deterministic = translate_volume(run, mri, "mri2ct", samples=1, batch_size=8)
         error = np.abs(np.clip(deterministic.mean, *HU_CLIP) - np.clip(ct.voxels, *HU_CLIP))
+        for part, value in zip(tissues, (deterministic.mean, ct.voxels, mask)):
+            part.append(value)
         stds.append(sampled.std[mask])
         errors.append(error[mask])
         back = translate_volume(run, ct, "ct2mri", samples=1, batch_size=8)
@@ -116,6 +165,7 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
         "mri2ct": report["mean"],
         "ct2mri_mae_units": float(np.mean(np.concatenate(ct2mri))),
         "uncertainty_spearman": rank_correlation(np.concatenate(stds), np.concatenate(errors)),
+        "mri2ct_by_tissue": tissue_errors(*tissues),
         "subjects": len(subjects),
     }
     if figure:

@@ -73,6 +73,8 @@ class Config:
     epochs: int = 10
     steps_per_epoch: int = 50
     decay_start: float = 0.5  # fraction of all steps after which the LR decays to 0
+    ema_momentum: float = 0.0  # >0: the saved generators are this moving average of their
+    # weights (0.995 averages about the last 200 steps); 0: the last step's weights
     # --- run ----------------------------------------------------------------------
     seed: int = 0
     mixed_precision: str = "auto"  # auto: float16 on GPU, bfloat16 on a bf16 CPU, else float32
@@ -148,6 +150,7 @@ class Config:
             need(getattr(self, key) > 0, key, "must be > 0")
         for key in ("beta_1", "beta_2", "decay_start"):
             need(0 <= getattr(self, key) <= 1, key, "must be between 0 and 1")
+        need(0 <= self.ema_momentum < 1, "ema_momentum", "must be in [0, 1) (0 turns it off)")
         need(self.zoom < 1 and self.translation < 1, "zoom",
              "zoom and translation must be below 1")
         need(self.mri_units in ("percentile", "uint8"), "mri_units", "percentile or uint8")

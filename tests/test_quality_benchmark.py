@@ -73,3 +73,29 @@ def test_results_of_parallel_invocations_merge_and_render(tmp_path, monkeypatch)
 def test_figure_rows_show_three_levels_of_the_head():
     assert [quality.figure_slice(row, 8) for row in range(3)] == [1, 4, 6]
     assert [quality.figure_slice(row, 1) for row in range(3)] == [0, 0, 0]
+
+
+def test_erosion_keeps_only_pixels_far_from_the_edge():
+    mask = np.zeros((1, 9, 9), bool)
+    mask[0, 1:8, 1:8] = True
+    eroded = quality.erode(mask, 2)
+    assert eroded.sum() == 9 and eroded[0, 3:6, 3:6].all()
+    assert not quality.erode(np.ones((1, 4, 4), bool), 1)[0, 0].any()  # the border is an edge
+
+
+def test_tissue_errors_split_the_mae_by_ct_class():
+    ct = np.full((1, 12, 12), 40.0)
+    ct[0, :, :2] = -1000.0  # air
+    ct[0, :, 10:] = 1000.0  # bone
+    sct = ct + 50.0
+    sct[0, :, 10:] = 700.0  # bone 300 HU too dark
+    mask = np.ones_like(ct, bool)
+    report = quality.tissue_errors([sct], [ct], [mask])
+    assert report["bone"]["signed_hu"] == pytest.approx(-300.0)
+    assert report["soft"]["mae_hu"] == pytest.approx(50.0)
+    # soft tissue is columns 2-9; 3 px from air, bone and the image border: rows 3-8, columns 5-6
+    assert report["air"]["voxels"] == 24 and report["soft_interior"]["voxels"] == 6 * 2
+    assert report["soft_interior"]["signed_hu"] == pytest.approx(50.0)
+    total = 24 * 50 + 96 * 50 + 24 * 300
+    assert report["bone"]["share"] == pytest.approx(24 * 300 / total)
+    assert sum(report[k]["share"] for k in ("air", "soft", "bone")) == pytest.approx(1.0)

@@ -109,3 +109,30 @@ def test_fit_refuses_to_overwrite_an_existing_run(tiny_config, tmp_path):
     fit(tiny_config.replace(epochs=1, steps_per_epoch=1), output=run, verbose=0)
     with pytest.raises(VAEGANError, match="already exists"):
         fit(tiny_config, output=run, verbose=0)
+
+
+def test_ema_run_saves_the_generators_weight_average(tiny_config, tmp_path):
+    run = str(tmp_path / "run")
+    config = tiny_config.replace(epochs=1, steps_per_epoch=4, ema_momentum=0.5,
+                                 learning_rate_g=1e-3)
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            m = self.model
+            seen["g_raw"] = [keras.ops.convert_to_numpy(v) for v in m.g_ct.trainable_variables]
+            seen["d_raw"] = [keras.ops.convert_to_numpy(v) for v in m.d_ct.trainable_variables]
+            seen["g_ema"] = [keras.ops.convert_to_numpy(v)
+                             for v in m.g_ct_optimizer._model_variables_moving_average]
+            assert not m.d_ct_optimizer.use_ema
+
+    fit(config, output=run, verbose=0, callbacks=[Capture()])
+    saved = keras.saving.load_model(os.path.join(run, "model.keras"))
+    g_saved = [keras.ops.convert_to_numpy(v) for v in saved.g_ct.trainable_variables]
+    d_saved = [keras.ops.convert_to_numpy(v) for v in saved.d_ct.trainable_variables]
+    for got, ema in zip(g_saved, seen["g_ema"]):
+        np.testing.assert_allclose(got, ema, rtol=1e-6, atol=1e-7)
+    # the average is not the last step's weights (4 steps at 1e-3 moved them)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(g_saved, seen["g_raw"])) > 1e-5
+    for got, raw in zip(d_saved, seen["d_raw"]):
+        np.testing.assert_array_equal(got, raw)

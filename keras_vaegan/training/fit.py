@@ -126,6 +126,9 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
         _check_finite(history, run)
         if interrupt.requested:
             raise TrainingInterrupted(run, read_checkpoint_state(checkpoints))
+    # Keras's fit only finalises a single optimizer: swap the generators'
+    # weight averages (ema_momentum > 0) in here; a no-op otherwise.
+    model.optimizer.finalize_variable_values(model.trainable_weights)
     if distribution.is_chief:
         with atomic_path(os.path.join(run, MODEL_FILE)) as tmp:
             model.save(tmp)

@@ -18,18 +18,26 @@ OPTIMIZER_NAMES = ("g_ct_optimizer", "g_mri_optimizer", "d_ct_optimizer", "d_mri
 
 
 def make_optimizers(config: Config) -> dict:
-    """Adam (beta_1 0.5) with the constant-then-linear-decay schedule, one per sub-model."""
+    """Adam (beta_1 0.5) with the constant-then-linear-decay schedule, one per sub-model.
 
-    def adam(rate: float, name: str):
+    With ``ema_momentum`` > 0 the generators' optimizers also keep a moving
+    average of the weights (Keras's ``use_ema``); ``fit`` swaps it in before
+    saving ``model.keras``, which smooths the step-to-step swings of GAN
+    training. The discriminators keep their last weights.
+    """
+
+    def adam(rate: float, name: str, ema: bool = False):
         schedule = ConstantThenLinearDecay(
             rate, total_steps=config.total_steps,
             decay_start_step=int(round(config.decay_start * config.total_steps)))
+        use_ema = ema and config.ema_momentum > 0
         return keras.optimizers.Adam(learning_rate=schedule, beta_1=config.beta_1,
-                                     beta_2=config.beta_2, name=name)
+                                     beta_2=config.beta_2, name=name, use_ema=use_ema,
+                                     ema_momentum=config.ema_momentum if use_ema else 0.99)
 
     return {
-        "g_ct_optimizer": adam(config.learning_rate_g, "g_ct_optimizer"),
-        "g_mri_optimizer": adam(config.learning_rate_g, "g_mri_optimizer"),
+        "g_ct_optimizer": adam(config.learning_rate_g, "g_ct_optimizer", ema=True),
+        "g_mri_optimizer": adam(config.learning_rate_g, "g_mri_optimizer", ema=True),
         "d_ct_optimizer": adam(config.learning_rate_d, "d_ct_optimizer"),
         "d_mri_optimizer": adam(config.learning_rate_d, "d_mri_optimizer"),
     }
