@@ -96,15 +96,11 @@ INTERIOR_PX = 3  # "soft_interior": soft tissue at least this far (in-slice) fro
 
 def erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """In-slice binary erosion by a (2r+1)^2 square, outside the image counting as False."""
-    out = mask.astype(bool)
-    for axis in (-2, -1):
-        padded = np.pad(out, [(0, 0)] * (out.ndim - 2) + [(radius, radius) if a == axis % out.ndim
-                                                          else (0, 0) for a in
-                                                          range(out.ndim - 2, out.ndim)])
-        size = out.shape[axis]
-        shifted = [np.take(padded, range(k, k + size), axis=axis) for k in range(2 * radius + 1)]
-        out = np.logical_and.reduce(shifted)
-    return out
+    height, width = mask.shape[-2:]
+    padded = np.pad(mask.astype(bool), [(0, 0)] * (mask.ndim - 2) + [(radius, radius)] * 2)
+    side = 2 * radius + 1
+    return np.logical_and.reduce([padded[..., i:i + height, j:j + width]
+                                  for i in range(side) for j in range(side)])
 
 
 def tissue_errors(scts: list, cts: list, masks: list) -> dict:
