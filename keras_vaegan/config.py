@@ -62,7 +62,8 @@ class Config:
     # --- objective ----------------------------------------------------------------
     adversarial_loss: str = "lsgan"  # lsgan | bce
     lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5  # times lambda_cycle, as in CycleGAN
+    lambda_identity: float = 0.0  # times lambda_cycle; 0: off (CycleGAN uses 0.5, but asking
+    # the MRI->CT generator to leave a CT unchanged hurt here: 137 vs 162 HU, benchmarks/RESULTS.md)
     beta_kl: float = 1e-3
     pool_size: int = 50
     # --- optimisation -------------------------------------------------------------

@@ -43,3 +43,20 @@ def ring_batch(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     ct = np.stack([np.where((r < 0.7) & (r > 0.6), 1.0, np.where(r < 0.6, -0.4, -1.0)),
                    np.where(r < 0.5, -0.3, -1.0)])
     return mri[..., None].astype("float32"), ct[..., None].astype("float32")
+
+
+# The longest tests: whole suites or training runs in subprocesses, one per backend.
+LONGEST_FIRST = ("test_other_backends.py", "test_cross_backend.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, hand out the subprocess suites first so they overlap.
+
+    With ``--dist loadscope --no-loadscope-reorder`` scopes go to workers in
+    collection order; starting the few long ones first keeps the two workers
+    of a 2-core machine busy to the end instead of leaving one suite alone.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable sort

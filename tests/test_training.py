@@ -39,6 +39,25 @@ def test_cycle_loss_falls_on_a_fixed_batch(tiny_config):
     assert int(keras.ops.convert_to_numpy(model.d_mri_optimizer.iterations)) == 40
 
 
+def test_identity_term_is_each_generators_l1_on_its_own_domain_and_off_by_default(tiny_config):
+    mri, ct = ring_batch(32)
+    assert tiny_config.lambda_identity == 0.0  # the default since the quality benchmark
+    off = VAECycleGAN(tiny_config)
+    _, terms, _ = off.generator_objective(mri, ct, training=False)
+    assert float(keras.ops.convert_to_numpy(terms["identity"])) == 0.0
+
+    on = VAECycleGAN(tiny_config.replace(lambda_identity=0.5))
+    g_loss, terms, _ = on.generator_objective(mri, ct, training=False)
+    value = lambda x: keras.ops.convert_to_numpy(x).astype("float64")  # noqa: E731
+    same_ct = value(on.g_ct(ct, training=False, sample=False)[0])
+    same_mri = value(on.g_mri(mri, training=False, sample=False)[0])
+    expected = np.abs(same_ct - ct).mean() + np.abs(same_mri - mri).mean()
+    assert float(value(terms["identity"])) == pytest.approx(expected, rel=1e-5)
+    others = sum(float(value(terms[k])) for k in ("adv_ct", "adv_mri"))
+    others += 10.0 * float(value(terms["cycle"])) + 1e-3 * float(value(terms["kl"]))
+    assert float(value(g_loss)) == pytest.approx(others + 0.5 * 10.0 * expected, rel=1e-5)
+
+
 def test_learning_rate_is_constant_then_decays_linearly_to_zero(tiny_config):
     from keras_vaegan.training.schedule import ConstantThenLinearDecay
 
