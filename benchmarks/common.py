@@ -37,11 +37,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name: the same core count can differ 3x in speed between sessions."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import keras
 
+    from keras_vaegan.training.precision import cpu_has_native_bfloat16
+
     return {"backend": keras.backend.backend(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpu_bfloat16": cpu_has_native_bfloat16(),
             "python": platform.python_version(), "keras": keras.__version__}
 
 

@@ -245,6 +245,31 @@ def markdown_table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs: JSON values (numbers, true, lists), anything else a string."""
+    from dataclasses import fields
+
+    from keras_vaegan.config import Config
+
+    known = {f.name for f in fields(Config)}
+    overrides = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a Config field")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def trained_precision(run_dir: str) -> str:
+    """The dtype policy the run trained with, from its config.json (``auto`` depends on the CPU)."""
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
+        return json.load(handle).get("precision_policy", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,18 +296,25 @@ def main() -> None:
         return
 
     from keras_vaegan.config import Config
+    from keras_vaegan.errors import VAEGANError
     from keras_vaegan.training.fit import fit
 
-    overrides = {}
-    for item in args.set:
-        key, _, raw = item.partition("=")
-        overrides[key] = json.loads(raw)
+    unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
+                      steps_per_epoch=args.steps_per_epoch,
+                      epochs=max(1, args.steps // args.steps_per_epoch), **overrides)
+    except VAEGANError as error:
+        parser.error(str(error))
     work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
     paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
                         args.test_subjects, args.slices, args.seed)
-    base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
-                  steps_per_epoch=args.steps_per_epoch,
-                  epochs=max(1, args.steps // args.steps_per_epoch), **overrides)
     if args.score:
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-scored-seed{args.seed}.png")
         print(json.dumps(score_variant(args.score, paths["test"], figure)), flush=True)
@@ -302,6 +334,7 @@ def main() -> None:
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
         scored = score_variant(run_dir, paths["test"], figure)
         results["variants"][name] = {**scored, "train_minutes": round(minutes, 1),
+                                     "precision": trained_precision(run_dir),
                                      "config": VARIANTS[name]}
         print(json.dumps({name: results["variants"][name]}), flush=True)
     if not args.keep:

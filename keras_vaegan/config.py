@@ -65,6 +65,7 @@ class Config:
     lambda_identity: float = 0.0  # times lambda_cycle; 0: off (CycleGAN uses 0.5, but asking
     # the MRI->CT generator to leave a CT unchanged hurt here: 137 vs 162 HU, benchmarks/RESULTS.md)
     beta_kl: float = 1e-3
+    lambda_structure: float = 0.0  # >0: keep the input's edges (gradient-magnitude correlation)
     pool_size: int = 50
     # --- optimisation -------------------------------------------------------------
     learning_rate_g: float = 2e-4
@@ -144,8 +145,8 @@ class Config:
         need(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
              f"one of {', '.join(MIXED_PRECISION)}")
         need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
-        for key in ("lambda_cycle", "lambda_identity", "beta_kl", "rotation_deg",
-                    "zoom", "translation", "mri_intensity_jitter"):
+        for key in ("lambda_cycle", "lambda_identity", "beta_kl", "lambda_structure",
+                    "rotation_deg", "zoom", "translation", "mri_intensity_jitter"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("learning_rate_g", "learning_rate_d"):
             need(getattr(self, key) > 0, key, "must be > 0")

@@ -9,7 +9,7 @@ import pytest
 from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator, block_strides
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
-from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss
+from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
 
 pytestmark = pytest.mark.backend
 
@@ -52,6 +52,27 @@ def test_kl_is_zero_for_standard_normal_and_positive_otherwise():
     assert float(to_np(kl_divergence(zeros, zeros))) == pytest.approx(0.0, abs=1e-7)
     assert float(to_np(kl_divergence(zeros + 0.5, zeros))) > 0
     assert float(to_np(kl_divergence(zeros, zeros - 1.0))) > 0
+
+
+def _ring(radius: float, shift: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    ring = (np.abs(np.hypot(yy, xx - shift) - radius) < 2).astype("float32")
+    return ring[None, :, :, None] * 2.0 - 1.0
+
+
+def test_structure_loss_ignores_contrast_flips_and_punishes_moved_edges():
+    mri = _ring(10.0)  # bone dark on MRI ...
+    ct = -0.5 * mri + 0.2  # ... bright on CT: same edges, flipped and rescaled contrast
+    assert float(to_np(structure_loss(mri, ct))) == pytest.approx(0.0, abs=1e-4)
+    moved = float(to_np(structure_loss(mri, _ring(10.0, shift=2))))
+    wider = float(to_np(structure_loss(mri, _ring(12.0))))
+    assert moved > 0.3 and wider > 0.3
+    # a flat output has no edges to correlate: the worst but finite value, 1
+    flat = float(to_np(structure_loss(mri, np.zeros_like(mri))))
+    assert flat == pytest.approx(1.0, abs=1e-3)
+    # batch-averaged per image
+    pair = structure_loss(np.concatenate([mri, mri]), np.concatenate([ct, _ring(10.0, 2)]))
+    assert float(to_np(pair)) == pytest.approx(moved / 2, rel=1e-4)
 
 
 @pytest.mark.parametrize("image_size", [32, 64, 128])

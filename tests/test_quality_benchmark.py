@@ -99,3 +99,37 @@ def test_tissue_errors_split_the_mae_by_ct_class():
     total = 24 * 50 + 96 * 50 + 24 * 300
     assert report["bone"]["share"] == pytest.approx(24 * 300 / total)
     assert sum(report[k]["share"] for k in ("air", "soft", "bone")) == pytest.approx(1.0)
+
+
+def test_overrides_take_json_values_and_plain_strings():
+    assert quality.parse_overrides(["gen_res_blocks=6", "augment=false", "beta_kl=1e-4",
+                                    "mixed_precision=float32"]) \
+        == {"gen_res_blocks": 6, "augment": False, "beta_kl": 1e-4, "mixed_precision": "float32"}
+    assert quality.parse_overrides(['mixed_precision="bfloat16"']) == {"mixed_precision": "bfloat16"}
+    for bad in ("gen_res_block=6", "gen_res_blocks"):
+        with pytest.raises(ValueError, match="Config field"):
+            quality.parse_overrides([bad])
+
+
+@pytest.mark.parametrize("argv", [["--set", "no_such_key=1"], ["--set", "gen_res_blocks=-1"],
+                                  ["--variants", "full,no_such_variant"]])
+def test_bad_arguments_exit_2_before_writing_anything(tmp_path, monkeypatch, capsys, argv):
+    keep = tmp_path / "work"
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--keep", str(keep), *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main()
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not keep.exists()
+
+
+def test_machine_names_the_cpu_model(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\nflags\t\t: fpu avx2\n")
+    assert quality.common.cpu_model(str(cpuinfo)) == "Example CPU @ 2.0GHz"
+    assert quality.common.cpu_model(str(tmp_path / "missing")) != ""
+
+
+def test_trained_precision_is_read_from_the_run(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"precision_policy": "mixed_bfloat16"}))
+    assert quality.trained_precision(str(tmp_path)) == "mixed_bfloat16"

@@ -58,6 +58,27 @@ def test_identity_term_is_each_generators_l1_on_its_own_domain_and_off_by_defaul
     assert float(value(g_loss)) == pytest.approx(others + 0.5 * 10.0 * expected, rel=1e-5)
 
 
+def test_structure_term_compares_each_input_with_its_translation_and_is_off_by_default(
+        tiny_config):
+    from keras_vaegan.training.losses import structure_loss
+
+    mri, ct = ring_batch(32)
+    assert tiny_config.lambda_structure == 0.0
+    off = VAECycleGAN(tiny_config)
+    _, terms, _ = off.generator_objective(mri, ct, training=False)
+    assert float(keras.ops.convert_to_numpy(terms["structure"])) == 0.0
+
+    on = VAECycleGAN(tiny_config.replace(lambda_structure=2.0))
+    g_loss, terms, (fake_ct, fake_mri) = on.generator_objective(mri, ct, training=False)
+    value = lambda x: float(keras.ops.convert_to_numpy(x))  # noqa: E731
+    expected = value(structure_loss(mri, fake_ct)) + value(structure_loss(ct, fake_mri))
+    assert value(terms["structure"]) == pytest.approx(expected, rel=1e-5)
+    assert 0.0 < expected <= 4.0
+    others = value(terms["adv_ct"]) + value(terms["adv_mri"]) + 10.0 * value(terms["cycle"])
+    others += 1e-3 * value(terms["kl"])
+    assert value(g_loss) == pytest.approx(others + 2.0 * expected, rel=1e-5)
+
+
 def test_learning_rate_is_constant_then_decays_linearly_to_zero(tiny_config):
     from keras_vaegan.training.schedule import ConstantThenLinearDecay
 

@@ -11,6 +11,7 @@ gradients, to a small adapter in ``models/adapters/``.
         + lambda_cycle (|rec_mri - x| + |rec_ct - y|)
         + lambda_identity lambda_cycle (|G_ct(y) - y| + |G_mri(x) - x|)
         + beta_kl (KL(q(z|x) || N(0, I)) + KL(q(z|y) || N(0, I)))
+        + lambda_structure ((1 - ncc(|grad x|, |grad fake_ct|)) + (1 - ncc(|grad y|, |grad fake_mri|)))
     L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
 """
 
@@ -24,7 +25,7 @@ from keras_vaegan.config import Config
 from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
-from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss
+from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
 from keras_vaegan.training.optimizers import (
     OPTIMIZER_NAMES,
     OptimizerGroup,
@@ -32,7 +33,8 @@ from keras_vaegan.training.optimizers import (
     with_loss_scaling,
 )
 
-LOSS_TERMS = ("g_loss", "adv_ct", "adv_mri", "cycle", "identity", "kl", "d_ct", "d_mri")
+LOSS_TERMS = ("g_loss", "adv_ct", "adv_mri", "cycle", "identity", "kl", "structure", "d_ct",
+              "d_mri")
 
 
 @keras.saving.register_keras_serializable(package="keras_vaegan")
@@ -166,10 +168,15 @@ class VAECycleGAN(keras.Model):
             terms["identity"] = l1_loss(same_ct, ct) + l1_loss(same_mri, mri)
         else:
             terms["identity"] = keras.ops.zeros((), "float32")
+        if c.lambda_structure > 0:
+            terms["structure"] = structure_loss(mri, fake_ct) + structure_loss(ct, fake_mri)
+        else:
+            terms["structure"] = keras.ops.zeros((), "float32")
         terms["g_loss"] = (terms["adv_ct"] + terms["adv_mri"]
                            + c.lambda_cycle * terms["cycle"]
                            + c.lambda_identity * c.lambda_cycle * terms["identity"]
-                           + c.beta_kl * terms["kl"])
+                           + c.beta_kl * terms["kl"]
+                           + c.lambda_structure * terms["structure"])
         return terms["g_loss"], terms, (fake_ct, fake_mri)
 
     def discriminator_objective(self, mri, ct, fake_ct, fake_mri):
