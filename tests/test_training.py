@@ -55,16 +55,16 @@ def test_identity_term_is_each_generators_l1_on_its_own_domain_and_off_by_defaul
     assert float(value(terms["identity"])) == pytest.approx(expected, rel=1e-5)
     others = sum(float(value(terms[k])) for k in ("adv_ct", "adv_mri"))
     others += 10.0 * float(value(terms["cycle"])) + 1e-3 * float(value(terms["kl"]))
+    others += 1.0 * float(value(terms["structure"]))  # lambda_structure's default
     assert float(value(g_loss)) == pytest.approx(others + 0.5 * 10.0 * expected, rel=1e-5)
 
 
-def test_structure_term_compares_each_input_with_its_translation_and_is_off_by_default(
-        tiny_config):
+def test_structure_term_compares_each_input_with_its_translation_and_can_be_off(tiny_config):
     from keras_vaegan.training.losses import structure_loss
 
     mri, ct = ring_batch(32)
-    assert tiny_config.lambda_structure == 0.0
-    off = VAECycleGAN(tiny_config)
+    assert tiny_config.lambda_structure == 1.0  # the default since the quality benchmark
+    off = VAECycleGAN(tiny_config.replace(lambda_structure=0.0))
     _, terms, _ = off.generator_objective(mri, ct, training=False)
     assert float(keras.ops.convert_to_numpy(terms["structure"])) == 0.0
 
