@@ -128,9 +128,9 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
     from keras_vaegan.config import Config
 
     values = Config().to_dict()
-    for path in (run_config, config_file):
+    for path, saved_run in ((run_config, True), (config_file, False)):
         if path:
-            values.update(Config.load(path).to_dict())
+            values.update(Config.load(path, saved_run=saved_run).to_dict())
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Config.from_dict(values, source="command line")
 

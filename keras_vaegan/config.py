@@ -192,7 +192,8 @@ class Config:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Config":
+    def load(cls, path: str | os.PathLike, saved_run: bool = False) -> "Config":
+        """Read a JSON config; ``saved_run``: a run's own config.json (see ``BEFORE_KEY_EXISTED``)."""
         path = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as handle:
@@ -201,7 +202,14 @@ class Config:
             raise VAEGANError(path, "config file not found") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise VAEGANError(path, f"not a readable JSON config ({err})") from None
+        if saved_run and isinstance(values, dict):
+            values = {**BEFORE_KEY_EXISTED, **values}
         return cls.from_dict(values, source=path)
+
+
+# Settings added after runs were first saved, with the value that reproduces how a
+# run whose config.json predates the key was trained (a resumed run keeps its objective).
+BEFORE_KEY_EXISTED = {"lambda_structure": 0.0}
 
 
 def _jsonable(value):

@@ -176,3 +176,20 @@ def test_ema_run_saves_the_generators_weight_average(tiny_config, tmp_path):
     assert max(float(np.abs(a - b).max()) for a, b in zip(g_saved, seen["g_raw"])) > 1e-5
     for got, raw in zip(d_saved, seen["d_raw"]):
         np.testing.assert_array_equal(got, raw)
+
+
+def test_a_run_saved_before_the_structure_term_resumes_without_it(tmp_path):
+    from keras_vaegan.cli import build_config
+    from keras_vaegan.config import Config
+
+    old = Config().to_dict()
+    del old["lambda_structure"]  # a config.json written before the key existed
+    run_config = tmp_path / "config.json"
+    run_config.write_text(json.dumps(old))
+    assert build_config(None, str(run_config), {}).lambda_structure == 0.0
+    # a user's --config file that leaves it out gets the default, as every other key does
+    assert build_config(str(run_config), None, {}).lambda_structure == 1.0
+    assert Config.load(run_config, saved_run=True).lambda_structure == 0.0
+    # a run saved with the key keeps its own value
+    run_config.write_text(json.dumps(Config(lambda_structure=0.5).to_dict()))
+    assert build_config(None, str(run_config), {}).lambda_structure == 0.5

@@ -81,7 +81,7 @@ def load_run(run_dir: str | os.PathLike | None = None) -> LoadedRun:
         if not os.path.isfile(path):
             raise VAEGANError(run_dir, f"not a trained run (no {os.path.basename(path)}); "
                                        "train one with `python cli.py fit`")
-    config = Config.load(config_path)
+    config = Config.load(config_path, saved_run=True)
     model = _load_model(model_path)
     return LoadedRun(model=model, config=config, run_dir=run_dir)
 

@@ -11,7 +11,7 @@ gradients, to a small adapter in ``models/adapters/``.
         + lambda_cycle (|rec_mri - x| + |rec_ct - y|)
         + lambda_identity lambda_cycle (|G_ct(y) - y| + |G_mri(x) - x|)
         + beta_kl (KL(q(z|x) || N(0, I)) + KL(q(z|y) || N(0, I)))
-        + lambda_structure ((1 - ncc(|grad x|, |grad fake_ct|)) + (1 - ncc(|grad y|, |grad fake_mri|)))
+        + lambda_structure (2 - ncc(|grad x|, |grad fake_ct|) - ncc(|grad y|, |grad fake_mri|))
     L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
 """
 
