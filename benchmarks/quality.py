@@ -245,25 +245,6 @@ def markdown_table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``--set KEY=VALUE`` pairs: JSON values (numbers, true, lists), anything else a string."""
-    from dataclasses import fields
-
-    from keras_vaegan.config import Config
-
-    known = {f.name for f in fields(Config)}
-    overrides = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a Config field")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-    return overrides
-
-
 def trained_precision(run_dir: str) -> str:
     """The dtype policy the run trained with, from its config.json (``auto`` depends on the CPU)."""
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
@@ -295,6 +276,9 @@ def main() -> None:
         print(markdown_table(args.table))
         return
 
+    import click
+
+    from keras_vaegan.cli import parse_set
     from keras_vaegan.config import Config
     from keras_vaegan.errors import VAEGANError
     from keras_vaegan.training.fit import fit
@@ -303,15 +287,14 @@ def main() -> None:
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     try:
-        overrides = parse_overrides(args.set)
-    except ValueError as error:
-        parser.error(str(error))
-    try:
+        overrides = parse_set(args.set)
         base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
                       steps_per_epoch=args.steps_per_epoch,
-                      epochs=max(1, args.steps // args.steps_per_epoch), **overrides)
+                      epochs=max(1, args.steps // args.steps_per_epoch)).replace(**overrides)
+    except click.BadParameter as error:
+        parser.error(f"--set: {error.message}")
     except VAEGANError as error:
-        parser.error(str(error))
+        parser.error(f"--set: {error.reason}")
     work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
     paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
                         args.test_subjects, args.slices, args.seed)

@@ -110,7 +110,8 @@ def main() -> None:
     """
 
 
-def _parse_set(values: tuple[str, ...]) -> dict:
+def parse_set(values: tuple[str, ...] | list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs: JSON values (numbers, true, lists), anything else a string."""
     overrides = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -163,7 +164,7 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 
     if resume and not output:
         raise VAEGANError(None, "--resume needs --output RUN (the run folder to continue)")
-    overrides = _parse_set(set_values)
+    overrides = parse_set(set_values)
     overrides.update(image_size=image_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
                      batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
                      strategy=strategy, jit_compile=jit_compile)

@@ -101,17 +101,17 @@ def test_tissue_errors_split_the_mae_by_ct_class():
     assert sum(report[k]["share"] for k in ("air", "soft", "bone")) == pytest.approx(1.0)
 
 
-def test_overrides_take_json_values_and_plain_strings():
-    assert quality.parse_overrides(["gen_res_blocks=6", "augment=false", "beta_kl=1e-4",
-                                    "mixed_precision=float32"]) \
-        == {"gen_res_blocks": 6, "augment": False, "beta_kl": 1e-4, "mixed_precision": "float32"}
-    assert quality.parse_overrides(['mixed_precision="bfloat16"']) == {"mixed_precision": "bfloat16"}
-    for bad in ("gen_res_block=6", "gen_res_blocks"):
-        with pytest.raises(ValueError, match="Config field"):
-            quality.parse_overrides([bad])
+def test_set_values_are_json_or_plain_strings():
+    from keras_vaegan.cli import parse_set
+
+    assert parse_set(["gen_res_blocks=6", "augment=false", "beta_kl=1e-4",
+                      "mixed_precision=off", 'upsampling="nearest"']) == {
+        "gen_res_blocks": 6, "augment": False, "beta_kl": 1e-4, "mixed_precision": "off",
+        "upsampling": "nearest"}
 
 
 @pytest.mark.parametrize("argv", [["--set", "no_such_key=1"], ["--set", "gen_res_blocks=-1"],
+                                  ["--set", "gen_res_blocks"],
                                   ["--variants", "full,no_such_variant"]])
 def test_bad_arguments_exit_2_before_writing_anything(tmp_path, monkeypatch, capsys, argv):
     keep = tmp_path / "work"
