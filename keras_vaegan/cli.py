@@ -125,13 +125,16 @@ def parse_set(values: tuple[str, ...] | list[str]) -> dict:
 
 
 def build_config(config_file: str | None, run_config: str | None, overrides: dict):
-    """Defaults <- run's config.json (resume) <- --config FILE <- explicit options."""
+    """Defaults <- run's config.json (resume) <- --config FILE <- explicit options.
+
+    Each layer changes only the keys it names.
+    """
     from keras_vaegan.config import Config
 
     values = Config().to_dict()
     for path, saved_run in ((run_config, True), (config_file, False)):
         if path:
-            values.update(Config.load(path, saved_run=saved_run).to_dict())
+            values.update(Config.read_settings(path, saved_run=saved_run))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Config.from_dict(values, source="command line")
 

@@ -194,6 +194,16 @@ class Config:
     @classmethod
     def load(cls, path: str | os.PathLike, saved_run: bool = False) -> "Config":
         """Read a JSON config; ``saved_run``: a run's own config.json (see ``BEFORE_KEY_EXISTED``)."""
+        return cls.from_dict(cls.read_settings(path, saved_run), source=os.fspath(path))
+
+    @classmethod
+    def read_settings(cls, path: str | os.PathLike, saved_run: bool = False) -> dict:
+        """Only the settings a JSON config file names, checked and coerced like ``load``'s.
+
+        Why: layering files (a resumed run's config.json, then a ``--config``
+        file) must let a later file change only the keys it names; a full
+        ``Config`` would put back the defaults of every key it leaves out.
+        """
         path = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as handle:
@@ -204,7 +214,8 @@ class Config:
             raise VAEGANError(path, f"not a readable JSON config ({err})") from None
         if saved_run and isinstance(values, dict):
             values = {**BEFORE_KEY_EXISTED, **values}
-        return cls.from_dict(values, source=path)
+        checked = cls.from_dict(values, source=path).to_dict()
+        return {key: checked[key] for key in values}
 
 
 # Settings added after runs were first saved, with the value that reproduces how a

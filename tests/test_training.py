@@ -193,3 +193,54 @@ def test_a_run_saved_before_the_structure_term_resumes_without_it(tmp_path):
     # a run saved with the key keeps its own value
     run_config.write_text(json.dumps(Config(lambda_structure=0.5).to_dict()))
     assert build_config(None, str(run_config), {}).lambda_structure == 0.5
+
+
+def test_a_config_file_changes_only_the_keys_it_names_on_resume(tmp_path):
+    from keras_vaegan.cli import build_config
+    from keras_vaegan.config import Config
+
+    run_config = tmp_path / "config.json"
+    Config(lambda_cycle=5.0, gen_filters=16, seed=3).save(run_config)
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"lambda_cycle": 7.0}))
+    config = build_config(str(extra), str(run_config), {"seed": 4})
+    assert config.lambda_cycle == 7.0  # the file's own key
+    assert config.gen_filters == 16  # the run's, not the default 32 the file leaves out
+    assert config.seed == 4  # explicit options still win
+    assert Config.read_settings(extra) == {"lambda_cycle": 7.0}
+
+
+def test_history_of_a_resumed_run_stays_one_table_when_its_columns_change(tmp_path):
+    from keras_vaegan.training.callbacks import HistoryLogger
+
+    path = tmp_path / "history.csv"
+    # two epochs written by a run saved before the structure term existed
+    old = HistoryLogger(str(path))
+    old.on_train_begin()
+    for epoch in range(2):
+        old.on_epoch_end(epoch, {"cycle": 0.5 - epoch / 10, "kl": 1.0, "g_loss": 3.0})
+    old.on_train_end()
+
+    resumed = HistoryLogger(str(path), append=True)
+    resumed.on_train_begin()
+    resumed.on_epoch_end(2, {"cycle": 0.2, "kl": 0.9, "g_loss": 2.0, "structure": 0.4})
+    resumed.on_train_end()
+
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == ["epoch", "cycle", "g_loss", "kl", "structure",
+                                 "val_cycle", "val_g_loss", "val_kl", "val_structure"]
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    assert [float(row["cycle"]) for row in rows] == pytest.approx([0.5, 0.4, 0.2])
+    assert [row["kl"] for row in rows] == ["1.0", "1.0", "0.9"]
+    assert [row["structure"] for row in rows] == ["NA", "NA", "0.4"]
+
+    # a resume with the same columns only appends, in the file's order
+    again = HistoryLogger(str(path), append=True)
+    again.on_train_begin()
+    again.on_epoch_end(3, {"structure": 0.3, "kl": 0.8, "g_loss": 1.5, "cycle": 0.1})
+    again.on_train_end()
+    with open(path, newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert (last["epoch"], last["cycle"], last["kl"], last["structure"]) == ("3", "0.1", "0.8", "0.3")

@@ -1,12 +1,15 @@
-"""Callbacks of a run: resumable checkpoints and per-epoch image snapshots.
+"""Callbacks of a run: resumable checkpoints, the history table and per-epoch snapshots.
 
-Keras's own ``CSVLogger``, ``TensorBoard`` and ``TerminateOnNaN`` do the rest
-(see ``training/fit.py``).
+Keras's own ``TensorBoard`` and ``TerminateOnNaN`` do the rest (see
+``training/fit.py``); ``HistoryLogger`` is Keras's ``CSVLogger`` with one fix
+for resumed runs.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
 import os
 import signal
@@ -122,6 +125,48 @@ def restore_checkpoint(model, directory: str) -> int:
         return 0
     model.load_weights(os.path.join(directory, state["weights"]))
     return int(state["epoch"])
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras's ``CSVLogger`` that keeps ``history.csv`` one table when a resumed run's columns change.
+
+    Why: appending, ``CSVLogger`` writes no header and orders each new row by
+    this session's columns. When those differ from the file's header (a loss
+    term added since the run was saved, ``--validation-data`` given only on
+    resume) every column after the first difference would be shifted under
+    the old header. Here the file is rewritten once, before the first new
+    row, with the union of both sets of columns; cells an epoch did not log
+    read ``NA``, as Keras writes them.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and self.append and not self.append_header:
+            self._widen_header(logs or {})
+        super().on_epoch_end(epoch, logs)
+
+    def _widen_header(self, logs: dict) -> None:
+        with open(self.filename, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter=self.sep)
+            old = [name for name in reader.fieldnames or [] if name != "epoch"]
+            rows = list(reader)
+        new = sorted(logs)
+        if not any(name.startswith("val_") for name in new):
+            new += [f"val_{name}" for name in new]  # as CSVLogger does without validation
+        if set(new) <= set(old):
+            self.keys = old  # same table: write in the file's own column order
+            return
+        names = set(old) | set(new)
+        keys = (sorted(n for n in names if not n.startswith("val_"))
+                + sorted(n for n in names if n.startswith("val_")))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["epoch", *keys], restval="NA",
+                                delimiter=self.sep, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        self.csv_file.close()
+        atomic_write_text(self.filename, text.getvalue())
+        self.csv_file = open(self.filename, "a", newline="", encoding="utf-8")
+        self.keys = keys
 
 
 class SnapshotCallback(keras.callbacks.Callback):

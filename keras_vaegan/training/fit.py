@@ -22,6 +22,7 @@ from keras_vaegan.errors import VAEGANError
 from keras_vaegan.models.vaecyclegan import VAECycleGAN
 from keras_vaegan.training.callbacks import (
     GracefulInterrupt,
+    HistoryLogger,
     ResumableCheckpoint,
     SnapshotCallback,
     read_checkpoint_state,
@@ -112,7 +113,7 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     writers = [
         ResumableCheckpoint(checkpoints, interrupt=interrupt),
         SnapshotCallback(val_mri, val_ct, os.path.join(run, "snapshots")),
-        keras.callbacks.CSVLogger(os.path.join(run, "history.csv"), append=resume),
+        HistoryLogger(os.path.join(run, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(run, "logs"), write_graph=False,
                                     profile_batch=0),
     ] if distribution.is_chief else []
