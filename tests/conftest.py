@@ -11,7 +11,9 @@ import pytest
 
 from keras_vaegan.config import Config
 
+# latent_downsample=4 (the default is 2): the padding and cropping tests need a stride of 4
 TINY = dict(image_size=32, batch_size=2, gen_filters=8, latent_channels=8, gen_res_blocks=1,
+            latent_downsample=4,
             disc_filters=(16, 32, 32), disc_heads=2, pool_size=4, epochs=2, steps_per_epoch=3,
             phantom_subjects=2, phantom_slices=4, phantom_size=32, snapshot_count=2,
             mixed_precision="off")

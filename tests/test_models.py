@@ -19,12 +19,13 @@ def to_np(x):
 
 
 @pytest.mark.parametrize("shape", [(2, 32, 32, 1), (1, 96, 64, 1)])
-def test_generator_shapes_and_range(shape):
-    gen = VAEGenerator(filters=4, latent_downsample=4, res_blocks=1, latent_channels=3)
+@pytest.mark.parametrize("downsample", [2, 4])
+def test_generator_shapes_and_range(shape, downsample):
+    gen = VAEGenerator(filters=4, latent_downsample=downsample, res_blocks=1, latent_channels=3)
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype("float32")
     image, mu, log_var = gen(x)
     assert to_np(image).shape == shape
-    assert to_np(mu).shape == (shape[0], shape[1] // 4, shape[2] // 4, 3)
+    assert to_np(mu).shape == (shape[0], shape[1] // downsample, shape[2] // downsample, 3)
     assert to_np(log_var).shape == to_np(mu).shape
     assert keras.backend.standardize_dtype(image.dtype) == "float32"
     assert np.abs(to_np(image)).max() <= 1.0

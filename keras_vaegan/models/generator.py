@@ -118,7 +118,7 @@ class VAEGenerator(keras.Model):
     deterministic ``z = mu``.
     """
 
-    def __init__(self, filters: int = 32, latent_downsample: int = 4, res_blocks: int = 4,
+    def __init__(self, filters: int = 32, latent_downsample: int = 2, res_blocks: int = 4,
                  latent_channels: int = 64, skip_connections: bool = False,
                  upsampling: str = "bilinear", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
