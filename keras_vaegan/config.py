@@ -195,7 +195,7 @@ class Config:
     @classmethod
     def load(cls, path: str | os.PathLike, saved_run: bool = False) -> "Config":
         """Read a JSON config; ``saved_run``: a run's own config.json (see ``BEFORE_KEY_EXISTED``)."""
-        return cls.from_dict(cls.read_settings(path, saved_run), source=os.fspath(path))
+        return cls.from_dict(_read_json(path, saved_run), source=os.fspath(path))
 
     @classmethod
     def read_settings(cls, path: str | os.PathLike, saved_run: bool = False) -> dict:
@@ -205,18 +205,24 @@ class Config:
         file) must let a later file change only the keys it names; a full
         ``Config`` would put back the defaults of every key it leaves out.
         """
-        path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = json.load(handle)
-        except FileNotFoundError:
-            raise VAEGANError(path, "config file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise VAEGANError(path, f"not a readable JSON config ({err})") from None
-        if saved_run and isinstance(values, dict):
-            values = {**BEFORE_KEY_EXISTED, **values}
-        checked = cls.from_dict(values, source=path).to_dict()
+        values = _read_json(path, saved_run)
+        checked = cls.from_dict(values, source=os.fspath(path)).to_dict()
         return {key: checked[key] for key in values}
+
+
+def _read_json(path: str | os.PathLike, saved_run: bool):
+    """A config file's JSON value, with ``BEFORE_KEY_EXISTED`` filled in for a saved run."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        raise VAEGANError(path, "config file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VAEGANError(path, f"not a readable JSON config ({err})") from None
+    if saved_run and isinstance(values, dict):
+        values = {**BEFORE_KEY_EXISTED, **values}
+    return values
 
 
 # Settings added after runs were first saved, with the value that reproduces how a
