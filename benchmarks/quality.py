@@ -10,7 +10,9 @@
    units, the rank correlation between the K=8 latent standard deviation and
    the absolute error, and the per-intensity lookup-table floor fitted on the
    test pairs themselves (the best a method that maps each MRI intensity to
-   one HU value can do: it cannot tell bone from air).
+   one HU value can do: it cannot tell bone from air), and the anatomy floor
+   (``phantom.expected_ct``: every tissue exactly where it is, at the middle
+   of its HU range, since a subject's densities are not in its MRI).
    ``mri2ct_by_tissue`` splits the MRI -> CT error by CT class (air, soft
    tissue, bone, and soft tissue away from every edge) to show where the MAE
    comes from.
@@ -49,6 +51,7 @@ VARIANTS = {
     "copies": {"augment_copies": 1},  # the seed's one fixed augmented copy per sample
 }
 HU_CLIP = (-1024.0, 3000.0)
+TEST_SEED_OFFSET = 3000  # the test subjects' dataset seed is --seed plus this
 
 
 def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
@@ -68,7 +71,7 @@ def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
                         os.path.join(paths[modality], f"{subject}.nii.gz"))
         shutil.rmtree(staging)
     write_phantom(paths["test"], subjects=test_subjects, slices=slices, size=size, fmt="nii",
-                  seed=seed + 3000)
+                  seed=seed + TEST_SEED_OFFSET)
     return paths
 
 
@@ -205,6 +208,23 @@ def floor_for(test_root: str, config) -> float:
     return lookup_table_floor(mris, cts, masks)
 
 
+def anatomy_floor(seed: int, subjects: int, slices: int, size: int) -> float:
+    """MAE (HU) of ``phantom.expected_ct`` on the test subjects ``write_split`` draws.
+
+    The error left to a method that draws every tissue exactly where it is but
+    cannot know the subject's densities (they are drawn apart from the MRI).
+    """
+    from keras_vaegan.data.phantom import expected_ct, make_subject, subject_seed
+
+    errors = []
+    for index in range(subjects):
+        subject_id = subject_seed(seed + TEST_SEED_OFFSET, index)
+        subject = make_subject(subject_id, size, slices)
+        ct = np.clip(subject.ct, *HU_CLIP)
+        errors.append(np.abs(expected_ct(subject_id, size, slices) - ct)[subject.mask > 0])
+    return float(np.mean(np.concatenate(errors)))
+
+
 def merge_result(name: str, results: dict) -> dict:
     """Add this invocation's variants to results/NAME.json when the budget matches."""
     path = os.path.join(common.RESULTS, f"{name}.json")
@@ -307,7 +327,10 @@ def main() -> None:
     results = {"benchmark": "quality", **common.machine(), "steps": base.total_steps,
                "batch_size": args.batch_size, "image_size": args.image_size,
                "seed": args.seed, "overrides": overrides,
-               "lookup_table_floor_mae_hu": floor_for(paths["test"], base), "variants": {}}
+               "lookup_table_floor_mae_hu": floor_for(paths["test"], base),
+               "anatomy_floor_mae_hu": anatomy_floor(args.seed, args.test_subjects, args.slices,
+                                                     args.image_size),
+               "variants": {}}
     for name in args.variants.split(","):
         config = base.replace(**VARIANTS[name])
         run_dir = os.path.join(work, f"run-{name}")

@@ -129,3 +129,22 @@ def test_write_phantom_nifti(tmp_path):
     np.testing.assert_array_equal(ct.affine, mri.affine)
     np.testing.assert_allclose(ct.header.get_zooms(), (1, 1, 1))
     np.testing.assert_allclose(np.transpose(ct.get_fdata(), (2, 1, 0)), subject.ct, atol=1e-3)
+
+
+def test_expected_ct_is_the_anatomy_at_mid_range_densities():
+    """Each subject's densities deviate from expected_ct by at most half their range (+ noise)."""
+    s = make_subject(7, size=64, slices=8)
+    expected = phantom.expected_ct(7, size=64, slices=8)
+    assert expected.shape == s.ct.shape and expected.dtype == np.float32
+    np.testing.assert_array_equal(expected, phantom.expected_ct(7, size=64, slices=8))
+    bone = _erode(_erode(s.labels == phantom.CORTICAL_BONE))
+    white = _erode(_erode(s.labels == phantom.WHITE_MATTER))
+    assert bone.sum() > 20 and white.sum() > 200
+    assert np.allclose(expected[white], 27.5, atol=1.0)  # white matter is 24..31 HU
+    # the subject's own density is one draw from the range: its mean offset is within half of it
+    assert abs(np.mean(s.ct[white] - expected[white])) <= 3.5 + 2.0
+    assert abs(np.median(s.ct[bone] - expected[bone])) <= 200.0 + 10.0
+    # it is the same head: knowing the anatomy beats any noise-free guess that does not
+    body = s.mask > 0
+    shifted = np.roll(expected, 2, axis=-1)
+    assert np.mean(np.abs(expected - s.ct)[body]) < 0.5 * np.mean(np.abs(shifted - s.ct)[body])

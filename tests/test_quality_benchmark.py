@@ -133,3 +133,14 @@ def test_machine_names_the_cpu_model(tmp_path):
 def test_trained_precision_is_read_from_the_run(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"precision_policy": "mixed_bfloat16"}))
     assert quality.trained_precision(str(tmp_path)) == "mixed_bfloat16"
+
+
+def test_anatomy_floor_lies_below_the_lookup_table_floor(tmp_path):
+    """Knowing the anatomy beats any per-intensity map on the benchmark's own test split."""
+    from keras_vaegan.config import Config
+
+    paths = quality.write_split(str(tmp_path), size=32, train_subjects=1, test_subjects=2,
+                                slices=4, seed=5)
+    anatomy = quality.anatomy_floor(5, subjects=2, slices=4, size=32)
+    lookup = quality.floor_for(paths["test"], Config())
+    assert 5.0 < anatomy < 0.5 * lookup

@@ -77,7 +77,7 @@ def make_subject(seed: int, size: int = 64, slices: int = 8) -> PhantomSubject:
     head_fraction = _downsample((labels_fine != AIR).astype(np.float32))
     mask = (head_fraction >= 0.5).astype(np.uint8)
 
-    ct = _blur(ct_clean, 0.45) + rng.normal(0.0, contrast["ct_noise"], ct_clean.shape)
+    ct = _blur(ct_clean, _CT_BLUR) + rng.normal(0.0, contrast["ct_noise"], ct_clean.shape)
     ct = np.clip(ct, *CT_RANGE_HU).astype(np.float32)
 
     mri = _blur(mri_clean, 0.5) * _bias_field(rng, anatomy["t"], size)
@@ -86,6 +86,23 @@ def make_subject(seed: int, size: int = 64, slices: int = 8) -> PhantomSubject:
     imag = rng.normal(0.0, sigma, mri.shape)
     mri = np.sqrt(real * real + imag * imag).astype(np.float32)  # Rician magnitude
     return PhantomSubject(mri=mri, ct=ct, mask=mask, labels=labels, seed=int(seed))
+
+
+def expected_ct(seed: int, size: int = 64, slices: int = 8) -> np.ndarray:
+    """The CT of ``make_subject(seed, size, slices)`` as the best MRI -> CT method would draw it.
+
+    A subject's tissue densities are drawn independently of its MRI, so no
+    method can read them off the MRI; knowing the anatomy exactly, the middle
+    of each tissue's HU range is the guess with the least expected absolute
+    error. This is that CT (same partial volume and blur, no noise): its MAE
+    against the subject's CT is the phantom's floor for any MRI -> CT method.
+    """
+    rng = np.random.default_rng(int(seed))
+    anatomy = _draw_anatomy(rng, int(slices))
+    contrast = _draw_contrast(rng)
+    labels_fine = _label_volume(anatomy, int(size) * _SUPERSAMPLE)
+    ct = _downsample(_mid_range_ct(contrast["lesion_bright"])[labels_fine])
+    return np.clip(_blur(ct, _CT_BLUR), *CT_RANGE_HU).astype(np.float32)
 
 
 def make_slices(count: int, size: int = 64, seed: int = 0,
@@ -201,29 +218,48 @@ def _draw_anatomy(rng: np.random.Generator, slices: int) -> dict:
     }
 
 
+# CT range (HU, drawn uniformly per subject) and T1-like MRI value (jittered by the
+# relative amount) of each tissue. The order is the order of the draws.
+_CONTRAST = (
+    (SKIN, (30.0, 60.0), 480.0, 0.1),
+    (FAT, (-120.0, -80.0), 900.0, 0.06),
+    (CORTICAL_BONE, (1100.0, 1500.0), 25.0, 0.3),
+    (MARROW, (350.0, 600.0), 620.0, 0.1),
+    (CSF, (2.0, 10.0), 90.0, 0.2),
+    (GREY_MATTER, (36.0, 44.0), 370.0, 0.06),
+    (WHITE_MATTER, (24.0, 31.0), 520.0, 0.06),
+    (SOFT_TISSUE, (45.0, 60.0), 330.0, 0.1),
+)
+_LESION_BRIGHT = ((60.0, 75.0), 700.0, 0.1)  # haemorrhage-like: hyperdense in CT, bright in T1
+_LESION_DARK = ((12.0, 20.0), 220.0, 0.15)  # oedema/infarct-like: hypodense in CT, dark in T1
+_AIR_HU = -1000.0
+_CT_BLUR = 0.45  # pixels
+
+
 def _draw_contrast(rng: np.random.Generator) -> dict:
     """Per-subject tissue values: CT in HU, MRI in T1-like intensities (lookup by label)."""
     ct = np.zeros(len(TISSUES), np.float32)
     mri = np.zeros(len(TISSUES), np.float32)
     jitter = lambda value, rel: value * rng.uniform(1 - rel, 1 + rel)  # noqa: E731
-    lesion_bright = rng.random() < 0.5
-    ct[AIR], mri[AIR] = -1000.0, 0.0
-    ct[SINUS_AIR], mri[SINUS_AIR] = -1000.0, 0.0
-    ct[SKIN], mri[SKIN] = rng.uniform(30, 60), jitter(480, 0.1)
-    ct[FAT], mri[FAT] = rng.uniform(-120, -80), jitter(900, 0.06)
-    ct[CORTICAL_BONE], mri[CORTICAL_BONE] = rng.uniform(1100, 1500), jitter(25, 0.3)
-    ct[MARROW], mri[MARROW] = rng.uniform(350, 600), jitter(620, 0.1)
-    ct[CSF], mri[CSF] = rng.uniform(2, 10), jitter(90, 0.2)
-    ct[GREY_MATTER], mri[GREY_MATTER] = rng.uniform(36, 44), jitter(370, 0.06)
-    ct[WHITE_MATTER], mri[WHITE_MATTER] = rng.uniform(24, 31), jitter(520, 0.06)
-    ct[SOFT_TISSUE], mri[SOFT_TISSUE] = rng.uniform(45, 60), jitter(330, 0.1)
-    if lesion_bright:  # haemorrhage-like: hyperdense in CT, bright in T1
-        ct[LESION], mri[LESION] = rng.uniform(60, 75), jitter(700, 0.1)
-    else:  # oedema/infarct-like: hypodense in CT, dark in T1
-        ct[LESION], mri[LESION] = rng.uniform(12, 20), jitter(220, 0.15)
+    lesion_bright = bool(rng.random() < 0.5)
+    ct[AIR], mri[AIR] = _AIR_HU, 0.0
+    ct[SINUS_AIR], mri[SINUS_AIR] = _AIR_HU, 0.0
+    for tissue, hu_range, mri_value, mri_rel in _CONTRAST:
+        ct[tissue], mri[tissue] = rng.uniform(*hu_range), jitter(mri_value, mri_rel)
+    hu_range, mri_value, mri_rel = _LESION_BRIGHT if lesion_bright else _LESION_DARK
+    ct[LESION], mri[LESION] = rng.uniform(*hu_range), jitter(mri_value, mri_rel)
     gain = rng.uniform(0.85, 1.15)
     return {"ct": ct, "mri": mri * gain, "ct_noise": rng.uniform(10, 20),
-            "mri_noise": rng.uniform(0.012, 0.022) * 1000 * gain}
+            "mri_noise": rng.uniform(0.012, 0.022) * 1000 * gain, "lesion_bright": lesion_bright}
+
+
+def _mid_range_ct(lesion_bright: bool) -> np.ndarray:
+    """Each tissue's HU at the middle of its range (the lesion of the subject's kind)."""
+    ct = np.full(len(TISSUES), _AIR_HU, np.float32)
+    for tissue, hu_range, _, _ in _CONTRAST:
+        ct[tissue] = np.mean(hu_range)
+    ct[LESION] = np.mean((_LESION_BRIGHT if lesion_bright else _LESION_DARK)[0])
+    return ct
 
 
 def _label_volume(a: dict, n: int) -> np.ndarray:
