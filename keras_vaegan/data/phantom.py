@@ -58,8 +58,8 @@ def subject_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def make_subject(seed: int, size: int = 64, slices: int = 8) -> PhantomSubject:
-    """One phantom head of ``slices`` axial slices of ``size`` x ``size`` pixels."""
+def _draw_subject(seed: int, size: int, slices: int):
+    """A subject's anatomy, contrast and fine labels, and its generator for the noise after them."""
     size, slices = int(size), int(slices)
     if size < 16:
         raise VAEGANError(None, f"phantom size must be at least 16 pixels, got {size}")
@@ -68,9 +68,13 @@ def make_subject(seed: int, size: int = 64, slices: int = 8) -> PhantomSubject:
     rng = np.random.default_rng(int(seed))
     anatomy = _draw_anatomy(rng, slices)
     contrast = _draw_contrast(rng)
+    return rng, anatomy, contrast, _label_volume(anatomy, size * _SUPERSAMPLE)
 
-    fine = size * _SUPERSAMPLE
-    labels_fine = _label_volume(anatomy, fine)
+
+def make_subject(seed: int, size: int = 64, slices: int = 8) -> PhantomSubject:
+    """One phantom head of ``slices`` axial slices of ``size`` x ``size`` pixels."""
+    rng, anatomy, contrast, labels_fine = _draw_subject(seed, size, slices)
+    size = int(size)
     labels = _mode_downsample(labels_fine)
     ct_clean = _downsample(contrast["ct"][labels_fine])
     mri_clean = _downsample(contrast["mri"][labels_fine])
@@ -97,10 +101,7 @@ def expected_ct(seed: int, size: int = 64, slices: int = 8) -> np.ndarray:
     error. This is that CT (same partial volume and blur, no noise): its MAE
     against the subject's CT is the phantom's floor for any MRI -> CT method.
     """
-    rng = np.random.default_rng(int(seed))
-    anatomy = _draw_anatomy(rng, int(slices))
-    contrast = _draw_contrast(rng)
-    labels_fine = _label_volume(anatomy, int(size) * _SUPERSAMPLE)
+    _, _, contrast, labels_fine = _draw_subject(seed, size, slices)
     ct = _downsample(_mid_range_ct(contrast["lesion_bright"])[labels_fine])
     return np.clip(_blur(ct, _CT_BLUR), *CT_RANGE_HU).astype(np.float32)
 
