@@ -56,6 +56,9 @@ def main() -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--jit-compile", action="store_true", help="XLA (TensorFlow backend)")
+    parser.add_argument("--augment-resampling", default="bilinear",
+                        choices=["bilinear", "lanczos"],
+                        help="the augmentation's resampling (lanczos costs the input pipeline more)")
     args = parser.parse_args()
 
     import keras
@@ -70,7 +73,8 @@ def main() -> None:
     policy = apply_precision(args.mixed_precision)
     config = Config(image_size=args.image_size, batch_size=args.batch_size,
                     phantom_size=args.image_size, phantom_subjects=8,
-                    mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
+                    mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
+                    augment_resampling=args.augment_resampling)
     data = phantom_training_data(config)
     config = data.config
     model = VAECycleGAN(config)
@@ -87,7 +91,7 @@ def main() -> None:
     peak = peak_gflops(keras.backend.backend(), policy, args.image_size, args.batch_size)
     result = {
         "benchmark": "train", **common.machine(), "policy": policy,
-        "jit_compile": bool(model.jit_compile),
+        "jit_compile": bool(model.jit_compile), "augment_resampling": config.augment_resampling,
         "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
         "step_s_median": round(with_pipeline, 4), "images_per_s": round(images_per_s, 3),
         "flops_per_image": flops, "achieved_gflops": round(achieved, 1),
@@ -97,7 +101,8 @@ def main() -> None:
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
     }
     name = (f"train-{result['backend']}-{policy}-{args.image_size}px-b{args.batch_size}"
-            + ("-xla" if args.jit_compile and result["backend"] == "tensorflow" else ""))
+            + ("-xla" if args.jit_compile and result["backend"] == "tensorflow" else "")
+            + ("-lanczos" if args.augment_resampling == "lanczos" else ""))
     common.write_result(name, result)
 
 

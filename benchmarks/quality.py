@@ -15,7 +15,11 @@
    of its HU range, since a subject's densities are not in its MRI).
    ``mri2ct_by_tissue`` splits the MRI -> CT error by CT class (air, soft
    tissue, bone, and soft tissue away from every edge) to show where the MAE
-   comes from.
+   comes from. The anatomy floor is also given blurred by 0.5 and 1 pixel:
+   on a thin skull, softness costs as much as a wrong tissue.
+   The ``paired`` variant is a reference, not an ablation: the same two
+   generators trained with L1 on the *paired* training slices at the same
+   budget, i.e. what this generator reaches when it is told the answer.
 4. Writes results/quality-<name>-seed<seed>.json and, per variant, a figure
    (MRI | sCT | CT | |error| | uncertainty) of test slices at three levels of
    the head (face and maxillary sinuses, middle, vertex).
@@ -31,6 +35,7 @@ the JSON files, ``--score RUN`` scores a run kept with ``--keep`` again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -45,12 +50,16 @@ import common  # noqa: E402
 
 VARIANTS = {
     "full": {},
+    "paired": {},  # reference, not an ablation: the same generators trained on paired slices (L1)
     "no_kl": {"vae_sampling": False, "beta_kl": 0.0},  # deterministic latent: plain CycleGAN G
     "single_head": {"disc_heads": 1},
     "no_augment": {"augment": False},
     "copies": {"augment_copies": 1},  # the seed's one fixed augmented copy per sample
 }
+REFERENCES = ("paired",)  # variants that are not a `fit` of the VAE-CycleGAN
 HU_CLIP = (-1024.0, 3000.0)
+FLOOR_BLUR_PX = (0.5, 1.0)  # the anatomy floor is also reported blurred by these sigmas
+TRAIN_SUBJECTS = 24  # per modality, unless --train-subjects says otherwise
 TEST_SEED_OFFSET = 3000  # the test subjects' dataset seed is --seed plus this
 
 
@@ -133,7 +142,8 @@ def tissue_errors(scts: list, cts: list, masks: list) -> dict:
     return report
 
 
-def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
+def score_variant(run_dir: str, test_root: str, figure: str | None,
+                  uncertainty: bool = True) -> dict:
     from keras_vaegan.data.volumes import read_volume
     from keras_vaegan.inference.evaluate import evaluate
     from keras_vaegan.inference.predict import translate_volume
@@ -148,8 +158,9 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
         mri = read_volume(os.path.join(folder, "mri.nii.gz"), "mri")
         ct = read_volume(os.path.join(folder, "ct.nii.gz"), "ct")
         mask = read_volume(os.path.join(folder, "mask.nii.gz"), "ct").voxels > 0.5
-        sampled = translate_volume(run, mri, "mri2ct", samples=8, batch_size=8)
         deterministic = translate_volume(run, mri, "mri2ct", samples=1, batch_size=8)
+        sampled = (translate_volume(run, mri, "mri2ct", samples=8, batch_size=8) if uncertainty
+                   else dataclasses.replace(deterministic, std=np.zeros_like(deterministic.mean)))
         error = np.abs(np.clip(deterministic.mean, *HU_CLIP) - np.clip(ct.voxels, *HU_CLIP))
         for part, value in zip(tissues, (deterministic.mean, ct.voxels, mask)):
             part.append(value)
@@ -163,7 +174,8 @@ def score_variant(run_dir: str, test_root: str, figure: str | None) -> dict:
     result = {
         "mri2ct": report["mean"],
         "ct2mri_mae_units": float(np.mean(np.concatenate(ct2mri))),
-        "uncertainty_spearman": rank_correlation(np.concatenate(stds), np.concatenate(errors)),
+        "uncertainty_spearman": (rank_correlation(np.concatenate(stds), np.concatenate(errors))
+                                 if uncertainty else None),
         "mri2ct_by_tissue": tissue_errors(*tissues),
         "subjects": len(subjects),
     }
@@ -208,12 +220,16 @@ def floor_for(test_root: str, config) -> float:
     return lookup_table_floor(mris, cts, masks)
 
 
-def anatomy_floor(seed: int, subjects: int, slices: int, size: int) -> float:
+def anatomy_floor(seed: int, subjects: int, slices: int, size: int,
+                  blur_px: float = 0.0) -> float:
     """MAE (HU) of ``phantom.expected_ct`` on the test subjects ``write_split`` draws.
 
     The error left to a method that draws every tissue exactly where it is but
     cannot know the subject's densities (they are drawn apart from the MRI).
+    ``blur_px`` > 0 blurs that CT in-slice by a gaussian of this sigma first:
+    how much a translation that is right but slightly soft loses.
     """
+    from keras_vaegan.data.filters import gaussian_blur
     from keras_vaegan.data.phantom import expected_ct, make_subject, subject_seed
 
     errors = []
@@ -221,8 +237,85 @@ def anatomy_floor(seed: int, subjects: int, slices: int, size: int) -> float:
         subject_id = subject_seed(seed + TEST_SEED_OFFSET, index)
         subject = make_subject(subject_id, size, slices)
         ct = np.clip(subject.ct, *HU_CLIP)
-        errors.append(np.abs(expected_ct(subject_id, size, slices) - ct)[subject.mask > 0])
+        expected = expected_ct(subject_id, size, slices)
+        if blur_px > 0:
+            radius = max(1, int(np.ceil(3 * blur_px)))
+            expected = gaussian_blur(expected, blur_px, radius, pad_mode="edge", dtype=np.float32)
+        errors.append(np.abs(expected - ct)[subject.mask > 0])
     return float(np.mean(np.concatenate(errors)))
+
+
+def paired_training_slices(seed: int, subjects: int, slices: int, size: int, config):
+    """The MRI training subjects of ``write_split`` with their own CTs, in model units.
+
+    Only the paired reference uses them: the VAE-CycleGAN never sees a pair.
+    """
+    from keras_vaegan.data.phantom import make_subject, subject_seed
+    from keras_vaegan.data.units import ct_map, mri_map
+
+    window = ct_map(tuple(config.ct_window_hu))
+    mri, ct = [], []
+    for index in range(subjects):
+        subject = make_subject(subject_seed(seed + 1000, index), size, slices)
+        mri.append(mri_map(subject.mri, config.mri_percentiles).to_unit(subject.mri))
+        ct.append(window.to_unit(subject.ct))
+    return np.concatenate(mri), np.concatenate(ct)
+
+
+def train_paired(config, mri: np.ndarray, ct: np.ndarray, run_dir: str) -> None:
+    """The supervised reference: both generators trained with L1 on paired slices.
+
+    Same generators, augmentation (geometry only: a pair must stay aligned),
+    optimiser, schedule and step budget as ``fit``; only the objective differs.
+    Its MAE is what this generator reaches when it is told the answer, so the
+    gap to ``full`` is what training without pairs costs at this budget.
+    Saved as a run folder, so it is scored by the same code as every variant.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_vaegan.data.augment import build_augmenter
+    from keras_vaegan.inference.runs import CONFIG_FILE, MODEL_FILE
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+    from keras_vaegan.training.optimizers import make_optimizers
+    from keras_vaegan.training.precision import apply_precision
+
+    policy = apply_precision(config.mixed_precision)
+    config = config.replace(precision_policy=policy)
+    keras.utils.set_random_seed(config.seed)
+    model = VAECycleGAN(config)
+    model.build()
+
+    class Paired(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.g_ct, self.g_mri = model.g_ct, model.g_mri  # tracked: their weights train
+            for generator in (self.g_ct, self.g_mri):
+                generator.log_var_head.trainable = False  # unused: the mean path is trained
+
+        def call(self, inputs, training=False):
+            mri_in, ct_in = inputs
+            return (self.g_ct(mri_in, training=training, sample=False)[0],
+                    self.g_mri(ct_in, training=training, sample=False)[0])
+
+    augment = build_augmenter(config.replace(mri_intensity_jitter=0.0), "ct", seed=config.seed)
+    pairs = np.stack([mri, ct], axis=-1).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices(pairs).shuffle(len(pairs), seed=config.seed)
+    data = data.repeat().enumerate()
+    if config.augment:
+        data = data.map(lambda i, pair: augment(
+            pair, seed=tf.stack([tf.constant(config.seed, tf.int64), i])))
+    else:
+        data = data.map(lambda i, pair: pair)
+    data = data.map(lambda pair: ((pair[..., :1], pair[..., 1:]), (pair[..., 1:], pair[..., :1])))
+    data = data.batch(config.batch_size, drop_remainder=True).prefetch(2)
+    paired = Paired()
+    paired.compile(optimizer=make_optimizers(config)["g_ct_optimizer"], loss=["mae", "mae"])
+    paired.fit(data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
+               verbose=0)
+    os.makedirs(run_dir, exist_ok=True)
+    model.save(os.path.join(run_dir, MODEL_FILE))
+    config.save(os.path.join(run_dir, CONFIG_FILE))
 
 
 def merge_result(name: str, results: dict) -> dict:
@@ -232,15 +325,18 @@ def merge_result(name: str, results: dict) -> dict:
         return results
     with open(path, encoding="utf-8") as handle:
         previous = json.load(handle)
+    # files written before train_subjects was recorded used the default
+    previous.setdefault("train_subjects", TRAIN_SUBJECTS)
     same = all(previous.get(k) == results[k] for k in ("steps", "batch_size", "image_size",
-                                                        "seed", "overrides", "backend"))
+                                                        "seed", "overrides", "backend",
+                                                        "train_subjects"))
     if not same:
         print(f"note: {path} was measured with other settings; replacing it", flush=True)
         return results
     return {**results, "variants": {**previous.get("variants", {}), **results["variants"]}}
 
 
-TABLE_ORDER = ("full", "no_kl", "single_head", "no_augment", "copies")
+TABLE_ORDER = ("full", "no_kl", "single_head", "no_augment", "copies", "paired")
 
 
 def markdown_table(paths: list[str]) -> str:
@@ -253,16 +349,23 @@ def markdown_table(paths: list[str]) -> str:
         with open(path, encoding="utf-8") as handle:
             result = json.load(handle)
         names = sorted(result["variants"], key=lambda n: (TABLE_ORDER + (n,)).index(n))
-        changed = "".join(f" {k}={json.dumps(v)}" for k, v in result["overrides"].items())
+        changes = [f"{k}={json.dumps(v)}" for k, v in result["overrides"].items()]
+        if result.get("train_subjects", TRAIN_SUBJECTS) != TRAIN_SUBJECTS:
+            changes.append(f"{result['train_subjects']} training subjects")
+        changed = ", ".join(changes)
         for name in names:
             v = result["variants"][name]
             m = v["mri2ct"]
-            label = f"{name} +{changed}" if changed else name
+            label = f"{name} + {changed}" if changed else name
             rows.append(f"| {label} | {result['seed']} | {result['steps']} | {m['mae_hu']:.0f} | "
                         f"{m['psnr_db']:.1f} | {m['ssim']:.2f} | {v['ct2mri_mae_units']:.2f} | "
-                        f"{v['uncertainty_spearman']:.2f} | "
+                        f"{_two_places(v['uncertainty_spearman'])} | "
                         f"{result['lookup_table_floor_mae_hu']:.0f} | {v['train_minutes']} |")
     return "\n".join(rows)
+
+
+def _two_places(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def trained_precision(run_dir: str) -> str:
@@ -282,7 +385,8 @@ def main() -> None:
     parser.add_argument("--variants", default="full", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config overrides applied to every variant (JSON values)")
-    parser.add_argument("--train-subjects", type=int, default=24)
+    parser.add_argument("--train-subjects", type=int, default=TRAIN_SUBJECTS,
+                        help="subjects per training modality")
     parser.add_argument("--test-subjects", type=int, default=4)
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--name", default="phantom64")
@@ -326,19 +430,28 @@ def main() -> None:
         return
     results = {"benchmark": "quality", **common.machine(), "steps": base.total_steps,
                "batch_size": args.batch_size, "image_size": args.image_size,
-               "seed": args.seed, "overrides": overrides,
+               "seed": args.seed, "overrides": overrides, "train_subjects": args.train_subjects,
                "lookup_table_floor_mae_hu": floor_for(paths["test"], base),
                "anatomy_floor_mae_hu": anatomy_floor(args.seed, args.test_subjects, args.slices,
                                                      args.image_size),
+               "anatomy_floor_blurred_mae_hu": {
+                   str(px): anatomy_floor(args.seed, args.test_subjects, args.slices,
+                                          args.image_size, blur_px=px) for px in FLOOR_BLUR_PX},
                "variants": {}}
     for name in args.variants.split(","):
         config = base.replace(**VARIANTS[name])
         run_dir = os.path.join(work, f"run-{name}")
         start = time.perf_counter()
-        fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=0)
+        if name == "paired":
+            train_paired(config, *paired_training_slices(args.seed, args.train_subjects,
+                                                         args.slices, args.image_size, config),
+                         run_dir)
+        else:
+            fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=0)
         minutes = (time.perf_counter() - start) / 60
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
-        scored = score_variant(run_dir, paths["test"], figure)
+        # a reference's log-variance heads were never trained: no uncertainty map
+        scored = score_variant(run_dir, paths["test"], figure, uncertainty=name not in REFERENCES)
         results["variants"][name] = {**scored, "train_minutes": round(minutes, 1),
                                      "precision": trained_precision(run_dir),
                                      "config": VARIANTS[name]}

@@ -37,9 +37,10 @@ def test_rank_correlation_is_spearman():
     assert quality.rank_correlation(a, np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == pytest.approx(0.5)
 
 
-def _result(variants: dict, steps: int = 2000) -> dict:
+def _result(variants: dict, steps: int = 2000, train_subjects: int = 24) -> dict:
     return {"steps": steps, "batch_size": 4, "image_size": 64, "seed": 0, "overrides": {},
-            "backend": "tensorflow", "lookup_table_floor_mae_hu": 207.3, "variants": variants}
+            "backend": "tensorflow", "train_subjects": train_subjects,
+            "lookup_table_floor_mae_hu": 207.3, "variants": variants}
 
 
 def _variant(mae: float) -> dict:
@@ -50,12 +51,17 @@ def _variant(mae: float) -> dict:
 def test_results_of_parallel_invocations_merge_and_render(tmp_path, monkeypatch):
     monkeypatch.setattr(quality.common, "RESULTS", str(tmp_path))
     path = tmp_path / "quality-x-seed0.json"
-    path.write_text(json.dumps(_result({"no_kl": _variant(180.0)})))
+    written_before_subjects_were_recorded = _result({"no_kl": _variant(180.0)})
+    del written_before_subjects_were_recorded["train_subjects"]
+    path.write_text(json.dumps(written_before_subjects_were_recorded))
     merged = quality.merge_result("quality-x-seed0", _result({"full": _variant(162.4)}))
     assert set(merged["variants"]) == {"full", "no_kl"}
-    # another budget is not mixed into the same table
+    # another budget or training set is not mixed into the same table
     other = quality.merge_result("quality-x-seed0", _result({"full": _variant(150.0)}, steps=10))
     assert set(other["variants"]) == {"full"}
+    more_data = quality.merge_result("quality-x-seed0",
+                                     _result({"full": _variant(150.0)}, train_subjects=96))
+    assert set(more_data["variants"]) == {"full"}
 
     path.write_text(json.dumps(merged))
     table = quality.markdown_table([str(path)]).splitlines()
@@ -67,7 +73,11 @@ def test_results_of_parallel_invocations_merge_and_render(tmp_path, monkeypatch)
     tuned.write_text(json.dumps({**_result({"full": _variant(170.0)}),
                                  "overrides": {"disc_heads": 5, "zoom": 0.2}}))
     assert quality.markdown_table([str(tuned)]).splitlines()[2].startswith(
-        "| full + disc_heads=5 zoom=0.2 | 0 | 2000 | 170 |")
+        "| full + disc_heads=5, zoom=0.2 | 0 | 2000 | 170 |")
+    larger = tmp_path / "quality-larger-seed0.json"
+    larger.write_text(json.dumps(more_data))
+    assert quality.markdown_table([str(larger)]).splitlines()[2].startswith(
+        "| full + 96 training subjects | 0 | 2000 | 150 |")
 
 
 def test_figure_rows_show_three_levels_of_the_head():
@@ -144,3 +154,37 @@ def test_anatomy_floor_lies_below_the_lookup_table_floor(tmp_path):
     anatomy = quality.anatomy_floor(5, subjects=2, slices=4, size=32)
     lookup = quality.floor_for(paths["test"], Config())
     assert 5.0 < anatomy < 0.5 * lookup
+
+
+def test_a_soft_copy_of_the_anatomy_loses_more_the_softer_it_is():
+    sharp = quality.anatomy_floor(5, subjects=1, slices=3, size=32)
+    half = quality.anatomy_floor(5, subjects=1, slices=3, size=32, blur_px=0.5)
+    one = quality.anatomy_floor(5, subjects=1, slices=3, size=32, blur_px=1.0)
+    assert sharp < half < one
+    assert one > 2 * sharp  # a one-pixel blur of the thin skull costs more than the floor
+
+
+def test_paired_reference_learns_the_pairs_and_is_scored_as_a_run(tmp_path):
+    """The supervised reference trains both generators on pairs and saves a loadable run."""
+    import conftest
+
+    from keras_vaegan.config import Config
+    from keras_vaegan.inference.runs import load_run
+
+    config = Config(**{**conftest.TINY, "epochs": 4, "steps_per_epoch": 15, "batch_size": 4,
+                       "learning_rate_g": 2e-3})
+    mri, ct = quality.paired_training_slices(0, subjects=2, slices=4, size=32, config=config)
+    assert mri.shape == ct.shape == (8, 32, 32)
+    assert -1.0 <= ct.min() and ct.max() <= 1.0 and -1.0 <= mri.min() and mri.max() <= 1.0
+
+    def error(run_dir):
+        run = load_run(run_dir)
+        sct = np.asarray(run.model.translate(mri[..., None], "mri2ct"))[..., 0]
+        smri = np.asarray(run.model.translate(ct[..., None], "ct2mri"))[..., 0]
+        return np.abs(sct - ct).mean(), np.abs(smri - mri).mean()
+
+    untrained = error(conftest.save_tiny_run(tmp_path / "untrained", config))
+    quality.train_paired(config, mri, ct, str(tmp_path / "paired"))
+    trained = error(tmp_path / "paired")
+    assert trained[0] < 0.6 * untrained[0]  # MRI -> CT
+    assert trained[1] < 0.6 * untrained[1]  # and CT -> MRI, both supervised
