@@ -66,7 +66,7 @@ def main() -> None:
 
     from keras_vaegan.config import Config
     from keras_vaegan.data.pipeline import make_training_dataset
-    from keras_vaegan.data.sources import phantom_training_data
+    from keras_vaegan.data.training_data import phantom_training_data
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
     from keras_vaegan.training.precision import apply_precision
 

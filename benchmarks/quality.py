@@ -44,9 +44,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 VARIANTS = {
     "full": {},
@@ -86,8 +85,10 @@ def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rho (ranks by argsort; ties are rare for float maps)."""
-    ra = np.empty(len(a)); ra[np.argsort(a)] = np.arange(len(a))
-    rb = np.empty(len(b)); rb[np.argsort(b)] = np.arange(len(b))
+    ra = np.empty(len(a))
+    ra[np.argsort(a)] = np.arange(len(a))
+    rb = np.empty(len(b))
+    rb[np.argsort(b)] = np.arange(len(b))
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -276,8 +277,8 @@ def train_paired(config, mri: np.ndarray, ct: np.ndarray, run_dir: str) -> None:
 
     from keras_vaegan.data.augment import build_augmenter
     from keras_vaegan.inference.runs import CONFIG_FILE, MODEL_FILE
+    from keras_vaegan.models.optimizers import make_optimizers
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
-    from keras_vaegan.training.optimizers import make_optimizers
     from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(config.mixed_precision)

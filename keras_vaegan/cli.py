@@ -44,8 +44,8 @@ def _native_stderr_silenced():
 
 def _import_backends() -> None:
     with _native_stderr_silenced():
-        import tensorflow  # noqa: F401  (the data pipeline always uses it)
         import keras  # noqa: F401
+        import tensorflow  # noqa: F401  (the data pipeline always uses it)
 
 
 def _fail(message: str) -> None:
@@ -136,7 +136,7 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
         if path:
             values.update(Config.read_settings(path, saved_run=saved_run))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return Config.from_dict(values, source="command line")
+    return Config.from_dict(values, origin="command line")
 
 
 @main.command()
@@ -176,12 +176,11 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
         raise VAEGANError(output, "nothing to resume: no config.json in this folder")
     config = build_config(config_file, run_config, overrides)
     if output:
-        from keras_vaegan.data.writers import check_output_folder
+        from keras_vaegan.io.paths import check_output_folder
 
         check_output_folder(output)  # before the data is read, not after
-    from keras_vaegan.training.fit import fit as run_fit
-
     from keras_vaegan.training.fit import TrainingInterrupted
+    from keras_vaegan.training.fit import fit as run_fit
 
     skipped = SkippedFiles() if skip_bad else None
     try:

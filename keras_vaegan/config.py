@@ -171,21 +171,21 @@ class Config:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, values: dict, source: str | None = None) -> "Config":
+    def from_dict(cls, values: dict, origin: str | None = None) -> "Config":
         """Build a Config, refusing unknown keys and values of the wrong type."""
         if not isinstance(values, dict):
-            raise VAEGANError(source, "config must be a JSON object")
+            raise VAEGANError(origin, "config must be a JSON object")
         known = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, value in values.items():
             if key not in known:
-                raise VAEGANError(source, f"unknown config key '{key}'")
-            kwargs[key] = _coerce(key, value, hints[key], source)
+                raise VAEGANError(origin, f"unknown config key '{key}'")
+            kwargs[key] = _coerce(key, value, hints[key], origin)
         try:
             return cls(**kwargs)
         except VAEGANError as err:
-            raise VAEGANError(source, err.reason) from None
+            raise VAEGANError(origin, err.reason) from None
 
     def replace(self, **changes) -> "Config":
         """A copy with some settings changed (validated, types coerced)."""
@@ -194,14 +194,14 @@ class Config:
         return Config.from_dict(values)
 
     def save(self, path: str | os.PathLike) -> None:
-        from keras_vaegan.data.atomic import atomic_write_text
+        from keras_vaegan.io.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike, saved_run: bool = False) -> "Config":
         """Read a JSON config; ``saved_run``: a run's own config.json (see ``BEFORE_KEY_EXISTED``)."""
-        return cls.from_dict(_read_json(path, saved_run), source=os.fspath(path))
+        return cls.from_dict(_read_json(path, saved_run), origin=os.fspath(path))
 
     @classmethod
     def read_settings(cls, path: str | os.PathLike, saved_run: bool = False) -> dict:
@@ -212,7 +212,7 @@ class Config:
         ``Config`` would put back the defaults of every key it leaves out.
         """
         values = _read_json(path, saved_run)
-        checked = cls.from_dict(values, source=os.fspath(path)).to_dict()
+        checked = cls.from_dict(values, origin=os.fspath(path)).to_dict()
         return {key: checked[key] for key in values}
 
 
@@ -242,25 +242,25 @@ def _jsonable(value):
     return value
 
 
-def _coerce(key: str, value, hint, source):
+def _coerce(key: str, value, hint, where):
     """Check a JSON value against the field's type hint; tuples come as lists."""
-    origin = typing.get_origin(hint)
+    kind = typing.get_origin(hint)
     args = typing.get_args(hint)
-    wrong = VAEGANError(source, f"config key '{key}': wrong type {type(value).__name__} "
+    wrong = VAEGANError(where, f"config key '{key}': wrong type {type(value).__name__} "
                                 f"({value!r}), expected {_hint_name(hint)}")
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if kind is typing.Union or (kind is not None and str(kind) == "<class 'types.UnionType'>"):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0], source)
-    if origin is tuple:
+        return _coerce(key, value, inner[0], where)
+    if kind is tuple:
         if not isinstance(value, (list, tuple)):
             raise wrong
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(key, v, args[0], source) for v in value)
+            return tuple(_coerce(key, v, args[0], where) for v in value)
         if len(value) != len(args):
             raise wrong
-        return tuple(_coerce(key, v, a, source) for v, a in zip(value, args))
+        return tuple(_coerce(key, v, a, where) for v, a in zip(value, args))
     if hint is bool:
         if not isinstance(value, bool):
             raise wrong

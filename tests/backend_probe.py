@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 from conftest import TINY, ring_batch  # noqa: E402
+
 from keras_vaegan.config import Config  # noqa: E402
 from keras_vaegan.models.vaecyclegan import VAECycleGAN  # noqa: E402
 

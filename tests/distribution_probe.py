@@ -24,11 +24,11 @@ if keras.backend.backend() == "tensorflow" and sys.argv[1] == "two":
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import tensorflow as tf  # noqa: E402
-
 from conftest import TINY, ring_batch  # noqa: E402
+
+from keras_vaegan.backends.distribution import setup_distribution  # noqa: E402
 from keras_vaegan.config import Config  # noqa: E402
 from keras_vaegan.models.vaecyclegan import VAECycleGAN  # noqa: E402
-from keras_vaegan.training.distribution import setup_distribution  # noqa: E402
 
 mode, out, weights = sys.argv[1], sys.argv[2], sys.argv[3]
 config = Config(**dict(TINY, vae_sampling=False, pool_size=0, learning_rate_g=1e-3,

@@ -15,16 +15,16 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY as FIT_TINY
 from conftest import save_tiny_run
+from PIL import Image
+from test_cli import assert_one_error_line, cli, tiny_config_file
+
 from keras_vaegan.config import Config
 from keras_vaegan.data import readers, volumes, writers
-from keras_vaegan.data.sources import load_training_data
+from keras_vaegan.data.training_data import load_training_data
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.predict import load_run, predict
-from test_cli import assert_one_error_line, cli, tiny_config_file
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")

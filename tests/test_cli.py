@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +32,7 @@ def tiny_config_file(path) -> str:
 
 def assert_one_error_line(result, *fragments):
     assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_cli import assert_one_error_line, cli
 
 pydicom = pytest.importorskip("pydicom")

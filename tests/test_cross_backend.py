@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from backend_probe import BACKENDS, save_initial_weights
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_probe.py")

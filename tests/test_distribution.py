@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ring_batch
+
+from keras_vaegan.backends.distribution import is_chief_worker
 from keras_vaegan.models.vaecyclegan import VAECycleGAN
-from keras_vaegan.training.distribution import is_chief_worker
 from keras_vaegan.training.precision import cpu_has_native_bfloat16, resolve_policy
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

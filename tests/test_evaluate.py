@@ -14,8 +14,7 @@ from keras_vaegan.config import Config
 from keras_vaegan.data import writers
 from keras_vaegan.data.phantom import make_subject, subject_seed, write_phantom
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.inference.evaluate import (evaluate, format_table, mae_hu, psnr_db, score,
-                                             ssim)
+from keras_vaegan.inference.evaluate import evaluate, format_table, mae_hu, psnr_db, score, ssim
 
 nib = pytest.importorskip("nibabel")
 

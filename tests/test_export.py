@@ -10,14 +10,14 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import save_tiny_run
+from test_cli import assert_one_error_line, cli
+
 from keras_vaegan.config import Config
 from keras_vaegan.data import units
 from keras_vaegan.data.phantom import make_slices
 from keras_vaegan.inference.export import export_run, robust_range
 from keras_vaegan.inference.predict import predict
-from test_cli import assert_one_error_line, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLICE_SHAPE = (38, 35)  # not a multiple of the stride (4): padding is uneven and cropped back

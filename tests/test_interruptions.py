@@ -13,8 +13,8 @@ import time
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY
+
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.training.fit import fit
 

@@ -9,7 +9,7 @@ import pytest
 from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator, block_strides
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
-from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
+from keras_vaegan.models.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
 
 pytestmark = pytest.mark.backend
 

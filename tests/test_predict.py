@@ -6,13 +6,19 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import save_tiny_run
+
 from keras_vaegan.config import Config
 from keras_vaegan.data import readers, writers
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.inference.predict import (LoadedRun, find_newest_run, load_run, predict,
-                                            translate_slice, translate_slices)
+from keras_vaegan.inference.predict import (
+    LoadedRun,
+    find_newest_run,
+    load_run,
+    predict,
+    translate_slice,
+    translate_slices,
+)
 
 TINY = dict(image_size=32, batch_size=2, gen_filters=4, latent_channels=4, gen_res_blocks=1,
             disc_filters=(8, 16), disc_heads=1, epochs=1, steps_per_epoch=1)

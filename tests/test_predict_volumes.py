@@ -6,15 +6,20 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import save_tiny_run
+
 from keras_vaegan.config import Config
 from keras_vaegan.data import units, volumes
 from keras_vaegan.data.phantom import write_phantom
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference import predict as predict_module
-from keras_vaegan.inference.predict import (LoadedRun, load_run, predict, translate_slice,
-                                            translate_volume)
+from keras_vaegan.inference.predict import (
+    LoadedRun,
+    load_run,
+    predict,
+    translate_slice,
+    translate_volume,
+)
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -227,6 +232,7 @@ def test_volume_ct_output_needs_a_run_trained_on_hu(tmp_path, run):
 @pytest.mark.slow
 def test_fit_trains_on_synthrad_style_volumes_and_predicts_them(tmp_path):
     from conftest import TINY as FIT_TINY
+
     from keras_vaegan.training.fit import fit
 
     write_phantom(tmp_path / "data", subjects=2, slices=3, size=32, fmt="nii", seed=0)

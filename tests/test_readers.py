@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from keras_vaegan.data.readers import SLICE_EXTENSIONS, Slice, find_images, read_slice, read_slices
-from keras_vaegan.data.writers import write_overview_png, write_slice
+from keras_vaegan.data.writers import write_slice
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.figures import write_overview_png
 
 
 def _ramp(dtype, high, shape=(16, 24)):

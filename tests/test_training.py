@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ring_batch
+
 from keras_vaegan.models.vaecyclegan import LOSS_TERMS, VAECycleGAN
 from keras_vaegan.training.fit import fit
 
@@ -60,7 +60,7 @@ def test_identity_term_is_each_generators_l1_on_its_own_domain_and_off_by_defaul
 
 
 def test_structure_term_compares_each_input_with_its_translation_and_can_be_off(tiny_config):
-    from keras_vaegan.training.losses import structure_loss
+    from keras_vaegan.models.losses import structure_loss
 
     mri, ct = ring_batch(32)
     assert tiny_config.lambda_structure == 1.0  # the default since the quality benchmark
@@ -80,7 +80,7 @@ def test_structure_term_compares_each_input_with_its_translation_and_can_be_off(
 
 
 def test_learning_rate_is_constant_then_decays_linearly_to_zero(tiny_config):
-    from keras_vaegan.training.schedule import ConstantThenLinearDecay
+    from keras_vaegan.models.schedule import ConstantThenLinearDecay
 
     schedule = ConstantThenLinearDecay(2e-4, total_steps=100, decay_start_step=50)
     rates = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 50, 75, 100, 120)]

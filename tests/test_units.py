@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from keras_vaegan.config import Config
-from keras_vaegan.data.units import (UINT8_MAP, IntensityMap, ct_map, map_for, modality_units,
-                                     mri_map)
+from keras_vaegan.data.units import (
+    UINT8_MAP,
+    IntensityMap,
+    ct_map,
+    map_for,
+    modality_units,
+    mri_map,
+)
 from keras_vaegan.errors import VAEGANError
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from keras_vaegan.config import Config
-from keras_vaegan.data import sources, units, volumes, writers
-from keras_vaegan.data.atomic import atomic_folder
+from keras_vaegan.data import training_data, units, volumes, writers
 from keras_vaegan.data.phantom import make_subject, subject_seed, write_phantom
 from keras_vaegan.data.readers import find_images
+from keras_vaegan.data.volume import Reorientation
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import atomic_folder
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -228,7 +229,7 @@ def test_nifti_slices_follow_the_affine_not_the_array_order(tmp_path, layout):
     volume = volumes.read_volume(path, "mri")
     np.testing.assert_array_equal(volume.voxels, canonical)
     assert volume.spacing_mm[0] == (2.0 if layout == "ras" else 1.0)
-    np.testing.assert_array_equal(volume.to_source(volume.voxels), data)
+    np.testing.assert_array_equal(volume.to_file_order(volume.voxels), data)
 
 
 def test_every_axis_order_round_trips_exactly():
@@ -239,9 +240,9 @@ def test_every_axis_order_round_trips_exactly():
             directions = np.zeros((3, 3))
             for axis, world in enumerate(perm):
                 directions[world, axis] = -1.0 if signs[axis] else 1.0
-            reorient = volumes.Reorientation.from_directions(directions)
+            reorient = Reorientation.from_directions(directions)
             canonical = reorient.to_canonical(data)
-            np.testing.assert_array_equal(reorient.to_source(canonical), data)
+            np.testing.assert_array_equal(reorient.to_file_order(canonical), data)
 
 
 def test_nifti_written_back_keeps_shape_affine_and_header_codes(tmp_path):
@@ -326,13 +327,13 @@ def test_synthrad_layout_feeds_fit_with_body_slices_only(tmp_path):
     image = nib.load(path)
     data = np.concatenate([np.full((32, 32, 2), -1000.0), image.get_fdata()], axis=2)
     save_nifti(path, data, image.affine)
-    mri, ct = sources.split_data_root(str(tmp_path))
+    mri, ct = training_data.split_data_root(str(tmp_path))
     assert [os.path.relpath(p, tmp_path) for p in mri] == [os.path.join("000", "mri.nii.gz"),
                                                            os.path.join("001", "mri.nii.gz")]
-    data = sources.load_training_data(Config(), data_root=str(tmp_path))
+    data = training_data.load_training_data(Config(), data_root=str(tmp_path))
     assert len(data.mri) == 6 and len(data.ct) == 6  # the air slices are left out
     assert data.config.mri_units == "percentile" and data.config.ct_units == "hu"
-    everything = sources.load_training_data(Config(body_slices_only=False),
+    everything = training_data.load_training_data(Config(body_slices_only=False),
                                             data_root=str(tmp_path))
     assert len(everything.ct) == 8
     for s in data.mri + data.ct:
@@ -345,11 +346,11 @@ def test_volumes_mix_with_16bit_slices_but_not_with_8bit_ones(tmp_path):
     os.makedirs(folder)
     os.replace(tmp_path / "ph" / "000" / "ct.nii.gz", folder / "vol.nii.gz")
     writers.write_slice(folder / "s.png", np.full((32, 32), 40.0), "hu", "ct")
-    slices, unit, _ = sources.read_folder(str(folder), "ct", Config())
+    slices, unit, _ = training_data.read_folder(str(folder), "ct", Config())
     assert unit == "hu" and len(slices) == 3
     writers.write_slice(folder / "g.png", np.full((32, 32), 100.0), "uint8", "ct")
     with pytest.raises(VAEGANError, match="units disagree"):
-        sources.read_folder(str(folder), "ct", Config())
+        training_data.read_folder(str(folder), "ct", Config())
 
 
 def test_atomic_folder_replaces_whole_or_leaves_the_old_one(tmp_path):

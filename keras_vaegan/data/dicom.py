@@ -8,7 +8,7 @@ are one volume each, with per-frame geometry and rescale from the enhanced
 functional groups where present.
 
 Writing: one file per input slice, on the input's grid, with new Study,
-Series and SOP Instance UIDs, Modality CT (or MR), the source's patient,
+Series and SOP Instance UIDs, Modality CT (or MR), the input's patient,
 study and geometry tags, int16 pixels with RescaleSlope/Intercept so that
 ``stored * slope + intercept`` is the value in HU, ImageType
 ``DERIVED\\SECONDARY`` and a SeriesDescription/ImageComments saying it is
@@ -26,11 +26,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_vaegan.data.atomic import atomic_folder
 from keras_vaegan.data import readers
-from keras_vaegan.data.volumes import (MEDICAL_EXTRA, Reorientation, Volume, VolumeSource,
-                                       check_finite, check_slice_size, check_volume_size)
+from keras_vaegan.data.volume import (
+    MEDICAL_EXTRA,
+    FoundVolume,
+    Reorientation,
+    Volume,
+    check_finite,
+    check_slice_size,
+    check_volume_size,
+)
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import atomic_folder
 
 IMAGE_MODALITIES = ("CT", "MR")
 _MODALITY_TAG = {"ct": "CT", "mri": "MR"}
@@ -44,7 +51,7 @@ SERIES_DESCRIPTIONS = {  # LO: at most 64 characters
     ("mri", "mean"): "synthetic MR from CT (keras-vaegan), not for diagnosis",
     ("mri", "std"): "std of synthetic MR (keras-vaegan), not for diagnosis",
 }
-COPIED_TAGS = (  # patient, study, equipment context and geometry taken from the source
+COPIED_TAGS = (  # patient, study, equipment context and geometry taken from the input
     "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "PatientAge", "PatientWeight", "PatientSize", "StudyDate", "StudyTime", "StudyID",
     "AccessionNumber", "ReferringPhysicianName", "StudyDescription", "BodyPartExamined",
@@ -57,7 +64,7 @@ TYPE2_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Stu
 
 @dataclass
 class DicomSlice:
-    """One source slice: its header and where it lies (pixel data not kept)."""
+    """One input slice: its header and where it lies (pixel data not kept)."""
 
     dataset: object  # pydicom Dataset (shared by the frames of a multi-frame file)
     path: str
@@ -176,8 +183,8 @@ def _frames(dataset) -> int:
 
 
 def group_series(files: list[str], single: bool = False, modality: str | None = None,
-                 on_bad: readers.BadFileHandler | None = None) -> list[VolumeSource]:
-    """DICOM files -> one VolumeSource per series (a multi-frame file is a series of its own).
+                 on_bad: readers.BadFileHandler | None = None) -> list[FoundVolume]:
+    """DICOM files -> one FoundVolume per series (a multi-frame file is a series of its own).
 
     With ``single`` (one file given), a file that is no CT/MR image, or not
     of ``modality`` ('mri'/'ct'), is an error; in a folder such files (RT
@@ -208,7 +215,7 @@ def group_series(files: list[str], single: bool = False, modality: str | None = 
         wanted = f"{_MODALITY_TAG[modality]} images" if modality else "CT/MR images"
         warnings.warn(f"skipped {len(skipped)} DICOM file(s) that are not {wanted}, "
                       f"e.g. {skipped[0]}", stacklevel=3)
-    sources = []
+    found = []
     for (uid, _), members in groups.items():
         paths = [p for p, _ in members]
         headers = [d for _, d in members]
@@ -221,19 +228,19 @@ def group_series(files: list[str], single: bool = False, modality: str | None = 
         count = sum(_frames(d) for d in headers)
         shape = (count, int(headers[0].Rows), int(headers[0].Columns))
         axes = _reorientation(headers[0]).axes
-        source = VolumeSource(kind="dicom", files=paths,
+        series = FoundVolume(kind="dicom", files=paths,
                               path=paths[0] if len(paths) == 1 else folder,
                               slice_count=shape[axes[0]],
                               slice_shape=(shape[axes[1]], shape[axes[2]]),
                               series_uid=None if uid.startswith("no-uid:") else uid,
                               series_number=number, headers=headers)
         try:
-            check_volume_size(source.path, shape)
+            check_volume_size(series.path, shape)
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
             continue
-        sources.append(source)
-    return sources
+        found.append(series)
+    return found
 
 
 def _reorientation(dataset) -> Reorientation:
@@ -250,12 +257,12 @@ def _reorientation(dataset) -> Reorientation:
                                                           orientation[:3]]))
 
 
-def read_series(source: VolumeSource, modality: str) -> Volume:
+def read_series(series: FoundVolume, modality: str) -> Volume:
     """One DICOM series as a canonical ``Volume`` in file units (HU for CT)."""
-    headers = source.headers or [read_header(p) for p in source.files]
+    headers = series.headers or [read_header(p) for p in series.files]
     slices: list[DicomSlice] = []
     pixels: list[np.ndarray] = []
-    for path, dataset in zip(source.files, headers):
+    for path, dataset in zip(series.files, headers):
         _check_modality(path, dataset, modality)
         if not _has_pixels(dataset):
             raise VAEGANError(path, "DICOM image has no pixel data")
@@ -267,27 +274,27 @@ def read_series(source: VolumeSource, modality: str) -> Volume:
                 del dataset[name]  # keep the header only: the voxels live in the Volume
     shapes = {p.shape for p in pixels}
     if len(shapes) > 1:
-        raise VAEGANError(source.path, f"series mixes image sizes {sorted(shapes)}; "
+        raise VAEGANError(series.path, f"series mixes image sizes {sorted(shapes)}; "
                                        "give one series of equal slices")
     orientation = slices[0].orientation
     for item in slices:
         if np.abs(item.orientation - orientation).max() > _ORIENTATION_TOLERANCE:
             raise VAEGANError(item.path, "series mixes slice orientations; give one stack")
     normal = np.cross(orientation[:3], orientation[3:])
-    order, spacing_between = _slice_order(source.path, slices, normal)
+    order, spacing_between = _slice_order(series.path, slices, normal)
     slices = [slices[i] for i in order]
     voxels = np.stack([pixels[i] for i in order]).astype(np.float32)
-    check_finite(source.path, voxels)
-    check_slice_size(source.path, voxels.shape[1], voxels.shape[2])
+    check_finite(series.path, voxels)
+    check_slice_size(series.path, voxels.shape[1], voxels.shape[2])
 
     reorient = Reorientation.from_directions(
         np.column_stack([normal, orientation[3:], orientation[:3]]))
     row_mm, col_mm = slices[0].pixel_spacing or (1.0, 1.0)
     between = spacing_between or slices[0].slice_thickness or 1.0
-    source_spacing = (float(between), float(row_mm), float(col_mm))
-    return Volume(voxels=reorient.to_canonical(voxels), kind="dicom", path=source.path,
-                  files=list(source.files), reorient=reorient, source_shape=voxels.shape,
-                  spacing_mm=tuple(source_spacing[a] for a in reorient.axes),  # type: ignore
+    file_spacing = (float(between), float(row_mm), float(col_mm))
+    return Volume(voxels=reorient.to_canonical(voxels), kind="dicom", path=series.path,
+                  files=list(series.files), reorient=reorient, file_shape=voxels.shape,
+                  spacing_mm=tuple(file_spacing[a] for a in reorient.axes),  # type: ignore
                   modality=modality, dicom_slices=slices)
 
 
@@ -458,7 +465,7 @@ def write_series(folder: str | os.PathLike, volume: Volume, voxels: np.ndarray, 
                  description: str | None = None) -> list[str]:
     """Write canonical ``voxels`` (output units) as a new derived DICOM series in ``folder``.
 
-    One file per source slice, on the source's grid. ``study_uid``: the new
+    One file per input slice, on the input's grid. ``study_uid``: the new
     study this series belongs to (share it between a mean and its std
     series); a new one when None. Returns the files written.
     """
@@ -466,7 +473,7 @@ def write_series(folder: str | os.PathLike, volume: Volume, voxels: np.ndarray, 
     pydicom_module(folder)
     from pydicom.uid import generate_uid
 
-    data = volume.to_source(np.asarray(voxels, dtype=np.float64))
+    data = volume.to_file_order(np.asarray(voxels, dtype=np.float64))
     if not np.isfinite(data).all():
         raise VAEGANError(folder, "output has non-finite values (NaN or inf)")
     slope, intercept = int16_rescale(data, whole_units=(modality == "ct" and role == "mean"))
@@ -510,12 +517,17 @@ def _derived_dataset(item: DicomSlice, pixels: np.ndarray, modality: str, role: 
                      study_uid: str, series_uid: str, series_number: int, slope: float,
                      intercept: float, window: tuple[float, float], now, index: int):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian,
-                             MRImageStorage, generate_uid)
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        MRImageStorage,
+        generate_uid,
+    )
 
     import keras_vaegan
 
-    source = item.dataset
+    original = item.dataset
     sop_class = CTImageStorage if modality == "ct" else MRImageStorage
     sop_uid = generate_uid()
     meta = FileMetaDataset()
@@ -527,8 +539,8 @@ def _derived_dataset(item: DicomSlice, pixels: np.ndarray, modality: str, role: 
     ds = Dataset()
     ds.file_meta = meta
     for name in COPIED_TAGS:
-        if name in source and source[name].value not in (None, ""):
-            ds[name] = source[name]
+        if name in original and original[name].value not in (None, ""):
+            ds[name] = original[name]
     for name in TYPE2_TAGS:
         if name not in ds:
             setattr(ds, name, "")
@@ -548,15 +560,15 @@ def _derived_dataset(item: DicomSlice, pixels: np.ndarray, modality: str, role: 
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.ImageComments = (f"{text}. Translated by a VAE-CycleGAN from the "
                         f"{'MR' if modality == 'ct' else 'CT'} series "
-                        f"{source.get('SeriesInstanceUID', 'unknown')}"
+                        f"{original.get('SeriesInstanceUID', 'unknown')}"
                         + ("; per-voxel standard deviation over latent draws (the model's own "
                            "spread, not a calibrated error bar)" if role == "std" else "") + ".")
     ds.DerivationDescription = "synthetic image from a learned image translation (keras-vaegan)"
     ds.BurnedInAnnotation = "NO"
-    if source.get("SOPInstanceUID") and source.get("SOPClassUID"):
+    if original.get("SOPInstanceUID") and original.get("SOPClassUID"):
         reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        reference.ReferencedSOPClassUID = original.SOPClassUID
+        reference.ReferencedSOPInstanceUID = original.SOPInstanceUID
         if item.frame is not None:
             reference.ReferencedFrameNumber = item.frame + 1
         ds.SourceImageSequence = [reference]

@@ -16,10 +16,16 @@ import os
 
 import numpy as np
 
-from keras_vaegan.data.atomic import atomic_path
-from keras_vaegan.data.volumes import (MEDICAL_EXTRA, Reorientation, Volume, check_finite,
-                                       check_slice_size, check_volume_size)
+from keras_vaegan.data.volume import (
+    MEDICAL_EXTRA,
+    Reorientation,
+    Volume,
+    check_finite,
+    check_slice_size,
+    check_volume_size,
+)
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import atomic_path
 
 DESCRIPTIONS = {("ct", "mean"): "synthetic CT from MRI (keras-vaegan), not for diagnosis",
                 ("ct", "std"): "std of synthetic CT, HU (keras-vaegan), not for diagnosis",
@@ -187,7 +193,7 @@ def read_nifti(path: str | os.PathLike, modality: str) -> Volume:
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     spacing = tuple(zooms[a] for a in reorient.axes)
     return Volume(voxels=reorient.to_canonical(data).astype(np.float32, copy=False), kind="nifti",
-                  path=path, files=[path], reorient=reorient, source_shape=tuple(image.shape),
+                  path=path, files=[path], reorient=reorient, file_shape=tuple(image.shape),
                   spacing_mm=spacing, modality=modality,  # type: ignore[arg-type]
                   nifti_image=image)
 
@@ -198,7 +204,7 @@ def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, mod
     path = os.fspath(path)
     nib = nibabel_module(path)
     source = volume.nifti_image
-    data = volume.to_source(np.asarray(voxels, dtype=np.float32)).astype(np.float32)
+    data = volume.to_file_order(np.asarray(voxels, dtype=np.float32)).astype(np.float32)
     header = source.header.copy()
     if header.endianness != "<":
         header = header.as_byteswapped("<")  # the same header, written little-endian

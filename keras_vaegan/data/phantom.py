@@ -166,7 +166,7 @@ def _write_nifti_subject(folder: str, subject: PhantomSubject) -> list[str]:
     except ImportError:
         raise VAEGANError(None, "NIfTI output needs nibabel: pip install 'keras-vaegan[medical]'") \
             from None
-    from keras_vaegan.data.atomic import atomic_path
+    from keras_vaegan.io.atomic import atomic_path
 
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS world: +column = L, +row = P, +slice = S
     written = []

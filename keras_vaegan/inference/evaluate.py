@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_vaegan.data import readers, volumes
-from keras_vaegan.data.atomic import atomic_write_text
 from keras_vaegan.data.filters import gaussian_blur
+from keras_vaegan.data.volume import FoundVolume, Volume
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import atomic_write_text
 
 CLIP_HU = (-1024.0, 3000.0)
 DATA_RANGE_HU = CLIP_HU[1] - CLIP_HU[0]  # 4024
@@ -138,11 +139,11 @@ def score(prediction_hu, reference_hu, mask=None) -> dict:
 
 @dataclass
 class _Item:
-    """One image found under a root: a 2-D slice file or a volume source."""
+    """One image found under a root: a 2-D slice file or a volume found on disk."""
 
     key: str  # subject: relative name without extension (and without a SynthRAD role name)
     path: str
-    source: volumes.VolumeSource | None  # None for a 2-D slice
+    found: FoundVolume | None  # None for a 2-D slice
 
 
 def _collect(root: str, role: str, strict: bool = False) -> dict[str, _Item]:
@@ -151,10 +152,10 @@ def _collect(root: str, role: str, strict: bool = False) -> dict[str, _Item]:
     In a subject folder, files named mr/mri/ct/sct/mask count for their role
     only; other names count for any role (unless ``strict``).
     """
-    files, sources = volumes.find_inputs(root, _MODALITY[role])
-    names = volumes.input_names(root, files, sources)
+    files, found = volumes.find_inputs(root, _MODALITY[role])
+    names = volumes.input_names(root, files, found)
     items: dict[str, _Item] = {}
-    for item in [*files, *sources]:
+    for item in [*files, *found]:
         if role == "prediction" and volumes.name_of(names, item) == OVERVIEW_NAME:
             continue  # the picture predict draws beside its outputs
         name = volumes.strip_extension(volumes.name_of(names, item))
@@ -211,7 +212,7 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
         raise VAEGANError(None, "give --input (MRI to translate with a model) or --prediction "
                                 "(synthetic CT already made), one of them")
     if json_path is not None:
-        from keras_vaegan.data.writers import check_writable
+        from keras_vaegan.io.paths import check_writable
 
         check_writable(json_path)  # before the work, not after it
     reference_path = os.fspath(reference_path)
@@ -309,10 +310,10 @@ def format_table(results: dict) -> str:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _read(item: _Item, role: str) -> tuple[np.ndarray, volumes.Volume | None]:
+def _read(item: _Item, role: str) -> tuple[np.ndarray, Volume | None]:
     """An image of a pair in HU (CT) or as is (mask): canonical volume, or 2-D slice."""
-    if item.source is not None:
-        volume = volumes.read_volume(item.source, "mri" if role == "mask" else "ct")
+    if item.found is not None:
+        volume = volumes.read_volume(item.found, "mri" if role == "mask" else "ct")
         return volume.voxels, volume
     piece = readers.read_slice(item.path, "mri" if role == "mask" else "ct")
     if role != "mask" and piece.bit_depth == "uint8":
@@ -321,11 +322,11 @@ def _read(item: _Item, role: str) -> tuple[np.ndarray, volumes.Volume | None]:
     return piece.pixels, None
 
 
-def _translate(run, item: _Item, batch_size: int) -> tuple[np.ndarray, volumes.Volume | None]:
+def _translate(run, item: _Item, batch_size: int) -> tuple[np.ndarray, Volume | None]:
     from keras_vaegan.inference import predict
 
-    if item.source is not None:
-        volume = volumes.read_volume(item.source, "mri")
+    if item.found is not None:
+        volume = volumes.read_volume(item.found, "mri")
         return predict.translate_volume(run, volume, "mri2ct", 1, batch_size).mean, volume
     piece = readers.read_slice(item.path, "mri")
     mapping = predict.input_map(piece, "mri", run.config)
@@ -333,7 +334,7 @@ def _translate(run, item: _Item, batch_size: int) -> tuple[np.ndarray, volumes.V
     return predict.volume_output_map("ct", run.config, item.path).from_unit(mean), None
 
 
-def _same_grid(path: str, reference: volumes.Volume | None, other: volumes.Volume | None,
+def _same_grid(path: str, reference: Volume | None, other: Volume | None,
                shape: tuple, reference_shape: tuple) -> None:
     if shape != reference_shape:
         raise VAEGANError(path, f"shape {shape} differs from the reference's {reference_shape}; "

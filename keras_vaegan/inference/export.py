@@ -75,7 +75,7 @@ def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
                                 or version < 1):
         raise VAEGANError(None, f"version must be a whole number >= 1, got {version}")
     output = os.fspath(output)
-    from keras_vaegan.data.writers import check_output_folder
+    from keras_vaegan.io.paths import check_output_folder
 
     check_output_folder(output)
     if fmt == "onnx":
@@ -174,17 +174,17 @@ class ServingModule:
     # -- pieces of predict, as graph ops -------------------------------------------------
     def translate(self, images, direction: str):
         """Raw intensities -> translated image in output units (``z = mu``)."""
-        source, target = ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
-        unit = self.to_unit(images, source)
+        in_modality, out_modality = ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
+        unit = self.to_unit(images, in_modality)
         padded, crop = self.pad(unit)
         out = self.generators[direction](padded, training=False, sample=False)[0]
-        return self.from_unit(crop(out), target)
+        return self.from_unit(crop(out), out_modality)
 
     def translate_samples(self, images, direction: str):
         """``samples`` latent draws -> (mean, std) in output units, as ``predict --samples``."""
         tf = _tf()
-        source, target = ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
-        unit = self.to_unit(images, source)
+        in_modality, out_modality = ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
+        unit = self.to_unit(images, in_modality)
         padded, crop = self.pad(unit)
         batch = tf.shape(padded)[0]
         tiled = tf.tile(padded, [self.samples, 1, 1, 1])  # draw k of image b at k * batch + b
@@ -193,8 +193,8 @@ class ServingModule:
                            tf.concat([[self.samples, batch], tf.shape(images)[1:]], 0))
         mean = tf.reduce_mean(draws, axis=0)
         std = tf.math.reduce_std(draws, axis=0)
-        out_map = self.output_maps[target]
-        return (self.from_unit(mean, target),
+        out_map = self.output_maps[out_modality]
+        return (self.from_unit(mean, out_modality),
                 std * tf.constant((out_map.high - out_map.low) / 2.0, tf.float32))
 
     def to_unit(self, images, modality: str):

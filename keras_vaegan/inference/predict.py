@@ -28,8 +28,11 @@ import keras
 import numpy as np
 
 from keras_vaegan.data import readers, units, volumes, writers
+from keras_vaegan.data.volume import FoundVolume, Volume
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.runs import LoadedRun, find_newest_run, load_run
+from keras_vaegan.io.figures import write_overview_png
+from keras_vaegan.io.paths import check_output_folder
 
 __all__ = ["DIRECTIONS", "FORMATS", "LoadedRun", "TranslatedVolume", "find_newest_run",
            "load_run", "predict", "translate_slice", "translate_slices", "translate_volume"]
@@ -45,7 +48,7 @@ MAX_PASS_PIXELS = 2 ** 22  # pixels in one forward pass (padded): one 2048x2048 
 # is refused and big slices go fewer to a batch than --batch-size.
 
 
-def _source_target(direction: str) -> tuple[str, str]:
+def direction_modalities(direction: str) -> tuple[str, str]:
     if direction not in DIRECTIONS:
         raise VAEGANError(None, f"unknown direction '{direction}' (one of {', '.join(DIRECTIONS)})")
     return ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
@@ -70,7 +73,7 @@ def translate_slices(model, images: Sequence[np.ndarray], direction: str = "mri2
     its slice's size; ``std`` is None for ``samples == 1`` (deterministic,
     ``z = mu``). ``on_done(n)`` is called after each batch with its size.
     """
-    _source_target(direction)
+    direction_modalities(direction)
     samples, batch_size = int(samples), int(batch_size)
     if samples < 1:
         raise VAEGANError(None, f"samples must be >= 1, got {samples}")
@@ -177,7 +180,7 @@ def output_map(modality: str, config) -> tuple[str, units.IntensityMap]:
     return name, units.IntensityMap(*(float(v) for v in config.mri_reference_range))
 
 
-def volume_input_map(volume: volumes.Volume, modality: str, config) -> units.IntensityMap:
+def volume_input_map(volume: Volume, modality: str, config) -> units.IntensityMap:
     """File units -> model units for a whole volume: the CT window, or the volume's MRI percentiles."""
     return input_map(readers.Slice(path=volume.path, pixels=volume.voxels, bit_depth="float"),
                      modality, config)
@@ -209,16 +212,16 @@ class TranslatedVolume:
     std: np.ndarray | None  # per-voxel std over latent draws in output units (samples > 1)
 
 
-def translate_volume(run: LoadedRun, volume: volumes.Volume, direction: str = "mri2ct",
+def translate_volume(run: LoadedRun, volume: Volume, direction: str = "mri2ct",
                      samples: int = 1, batch_size: int = 4,
                      on_done: Callable[[int], None] | None = None) -> TranslatedVolume:
     """Translate every axial slice of a volume (in batches) and map back to output units."""
-    source, target = _source_target(direction)
-    if volume.modality != source:
+    in_modality, out_modality = direction_modalities(direction)
+    if volume.modality != in_modality:
         raise VAEGANError(volume.path, f"was read as {volume.modality.upper()}, but {direction} "
-                                       f"translates {source.upper()}")
-    map_in = volume_input_map(volume, source, run.config)
-    map_out = volume_output_map(target, run.config, volume.path)
+                                       f"translates {in_modality.upper()}")
+    map_in = volume_input_map(volume, in_modality, run.config)
+    map_out = volume_output_map(out_modality, run.config, volume.path)
     unit_input = map_in.to_unit(volume.voxels)
     results = translate_slices(run.model, list(unit_input), direction, samples, batch_size,
                                on_done=on_done)
@@ -246,7 +249,7 @@ class _Job:
 class _VolumeJob:
     """One input volume and where its output (a NIfTI file or a DICOM series folder) goes."""
 
-    source: volumes.VolumeSource
+    found: FoundVolume
     output: str
     std_output: str | None
 
@@ -279,7 +282,7 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     volume is read, is handed to it as a ``VAEGANError`` and left out, and
     the others are translated. Any other problem raises ``VAEGANError``.
     """
-    source, target = _source_target(direction)
+    in_modality, out_modality = direction_modalities(direction)
     if fmt not in FORMATS:
         raise VAEGANError(None, f"unknown output format '{fmt}' (for 2-D slices: "
                                 f"{', '.join(FORMATS)})")
@@ -289,22 +292,22 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         raise VAEGANError(None, f"batch size must be a whole number >= 1, got {batch_size}")
     samples, batch_size = int(samples), int(batch_size)
     input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
-    writers.check_output_folder(output_dir)
+    check_output_folder(output_dir)
 
-    files, sources = volumes.find_inputs(input_path, source, on_bad=on_bad)
+    files, found = volumes.find_inputs(input_path, in_modality, on_bad=on_bad)
     if os.path.isdir(input_path):
-        files, sources = _source_role_only(input_path, files, sources, source)
-    if sources and fmt != "same":
-        raise VAEGANError(sources[0].path, f"--format {fmt} is for 2-D slices; volumes are "
+        files, found = _input_role_only(input_path, files, found, in_modality)
+    if found and fmt != "same":
+        raise VAEGANError(found[0].path, f"--format {fmt} is for 2-D slices; volumes are "
                                            "written like their input (NIfTI or DICOM): use "
                                            "--format same")
     pieces = []
     for path in files:
         try:
-            pieces.append(readers.read_slice(path, source))
+            pieces.append(readers.read_slice(path, in_modality))
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
-    if not pieces and not sources:
+    if not pieces and not found:
         raise VAEGANError(input_path, "no readable images (every image file was bad)")
     if not isinstance(run, LoadedRun):
         run = load_run(run)
@@ -314,42 +317,42 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     for piece in pieces:  # 8-bit CT for a run trained on HU, slices too big, and the like
         try:
             check_slice_pixels(piece.path, piece.pixels.shape, stride)
-            maps_in.append(input_map(piece, source, config))
+            maps_in.append(input_map(piece, in_modality, config))
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
             continue
         usable.append(piece)
     pieces = usable
-    usable_sources = []
-    for volume_source in sources:
+    usable = []
+    for found_volume in found:
         try:
-            if volume_source.slice_shape is not None:
-                check_slice_pixels(volume_source.path, volume_source.slice_shape, stride)
+            if found_volume.slice_shape is not None:
+                check_slice_pixels(found_volume.path, found_volume.slice_shape, stride)
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
             continue
-        usable_sources.append(volume_source)
-    sources = usable_sources
-    if not pieces and not sources:
+        usable.append(found_volume)
+    found = usable
+    if not pieces and not found:
         raise VAEGANError(input_path, "no images this run can translate")
-    out_units, map_out = output_map(target, config)
-    if sources:
-        volume_input_check(source, config, sources[0].path)
-        volume_output_map(target, config, sources[0].path)
-    names = volumes.input_names(input_path, [piece.path for piece in pieces], sources)
+    out_units, map_out = output_map(out_modality, config)
+    if found:
+        volume_input_check(in_modality, config, found[0].path)
+        volume_output_map(out_modality, config, found[0].path)
+    names = volumes.input_names(input_path, [piece.path for piece in pieces], found)
     overview = os.path.join(output_dir, OVERVIEW_NAME)
     taken: dict[str, str] = {os.path.normcase(overview).lower(): "the overview image"}
     # every image file found counts as an input, also one left out as bad
     inputs = {_real(path) for path in readers.find_images(input_path)}
     jobs = _plan_outputs(output_dir, pieces, names, out_units, fmt, samples, taken, inputs)
-    volume_jobs = _plan_volume_outputs(output_dir, sources, names, samples, taken, inputs)
+    volume_jobs = _plan_volume_outputs(output_dir, found, names, samples, taken, inputs)
     outputs = [p for job in jobs for p in (job.output, job.std_output) if p]
     outputs += [p for job in volume_jobs for p in (job.output, job.std_output) if p]
-    _check_existing(outputs, volume_folders={p for job in volume_jobs if job.source.kind ==
+    _check_existing(outputs, volume_folders={p for job in volume_jobs if job.found.kind ==
                                              "dicom" for p in (job.output, job.std_output) if p},
                     overview=overview, inputs=inputs, overwrite=overwrite)
 
-    total = len(jobs) + sum(s.slice_count for s in sources)
+    total = len(jobs) + sum(s.slice_count for s in found)
     counter = _Progress(total, f"predict {direction}") if progress else None
     written: list[str] = []
     overview_rows: list[list[np.ndarray]] = []
@@ -363,11 +366,11 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
                                        on_done=counter.advance if counter else None)
             for i, unit_input, (mean, std) in zip(part, unit_inputs, results):
                 job = jobs[i]
-                writers.write_slice(job.output, map_out.from_unit(mean), out_units, target)
+                writers.write_slice(job.output, map_out.from_unit(mean), out_units, out_modality)
                 written.append(job.output)
                 if std is not None:
                     std_out = std * np.float32((map_out.high - map_out.low) / 2.0)
-                    writers.write_slice(job.std_output, std_out, out_units, target)
+                    writers.write_slice(job.std_output, std_out, out_units, out_modality)
                     written.append(job.std_output)
                 if len(overview_rows) < OVERVIEW_ROWS:
                     overview_rows.append(_overview_row(unit_input, mean, std))
@@ -375,12 +378,12 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
 
         for job in volume_jobs:
             try:
-                volume = volumes.read_volume(job.source, source)
+                volume = volumes.read_volume(job.found, in_modality)
             except VAEGANError as err:
                 if on_bad is None:
                     raise
                 if counter:
-                    counter.drop(job.source.slice_count)
+                    counter.drop(job.found.slice_count)
                 on_bad(err)
                 if counter:
                     counter.show()
@@ -388,10 +391,10 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             result = translate_volume(run, volume, direction, samples, batch_size,
                                       on_done=counter.advance if counter else None)
             study_uid = _new_uid() if volume.kind == "dicom" else None
-            written.extend(volumes.write_volume(job.output, volume, result.mean, target, "mean",
+            written.extend(volumes.write_volume(job.output, volume, result.mean, out_modality, "mean",
                                                 study_uid))
             if result.std is not None:
-                written.extend(volumes.write_volume(job.std_output, volume, result.std, target,
+                written.extend(volumes.write_volume(job.std_output, volume, result.std, out_modality,
                                                     "std", study_uid))
             if len(overview_rows) < OVERVIEW_ROWS:
                 middle = volume.voxels.shape[0] // 2
@@ -407,14 +410,14 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
 
     if not written:  # every volume was left out when its voxels were read
         raise VAEGANError(input_path, "no readable images (every image file was bad)")
-    titles = [source.upper(), f"synthetic {target.upper()}"] + (["std (scaled)"] if samples > 1
+    titles = [in_modality.upper(), f"synthetic {out_modality.upper()}"] + (["std (scaled)"] if samples > 1
                                                                   else [])
-    writers.write_overview_png(overview, overview_rows, titles, row_titles=overview_names)
+    write_overview_png(overview, overview_rows, titles, row_titles=overview_names)
     written.append(overview)
     return written
 
 
-def _source_role_only(root: str, files: list[str], sources: list, modality: str):
+def _input_role_only(root: str, files: list[str], found: list, modality: str):
     """In SynthRAD-style subjects, skip the images named for another role (ct, mask, sct).
 
     ``SUBJECT/{mr,ct,mask}.nii.gz``: mri2ct translates ``mr`` only, ct2mri
@@ -426,7 +429,7 @@ def _source_role_only(root: str, files: list[str], sources: list, modality: str)
         return role is None or role == modality
 
     kept_files = [f for f in files if keep(f)]
-    kept = [s for s in sources if keep(s.files[0] if s.kind == "nifti" else s.path)]
+    kept = [s for s in found if keep(s.files[0] if s.kind == "nifti" else s.path)]
     if not kept_files and not kept:
         raise VAEGANError(root, f"no {modality.upper()} images: files named for another role "
                                 "(ct, mask, sct / mr) are skipped in subject folders")
@@ -489,7 +492,7 @@ def _plan_outputs(output_dir: str, pieces: list[readers.Slice], names: dict, out
     return jobs
 
 
-def _plan_volume_outputs(output_dir: str, sources: list[volumes.VolumeSource], names: dict,
+def _plan_volume_outputs(output_dir: str, found: list[FoundVolume], names: dict,
                          samples: int, taken: dict[str, str], inputs: set[str]
                          ) -> list[_VolumeJob]:
     """Output file (NIfTI) or series folder (DICOM) of every volume, and its ``_std`` twin.
@@ -500,9 +503,9 @@ def _plan_volume_outputs(output_dir: str, sources: list[volumes.VolumeSource], n
     """
     jobs = []
     folders = []
-    for source in sources:
-        name = volumes.name_of(names, source)
-        if source.kind == "nifti":
+    for volume in found:
+        name = volumes.name_of(names, volume)
+        if volume.kind == "nifti":
             ext = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
             stem = name[: -len(ext)]
             output = os.path.join(output_dir, name)
@@ -512,8 +515,8 @@ def _plan_volume_outputs(output_dir: str, sources: list[volumes.VolumeSource], n
             std_output = os.path.join(output_dir, f"{name}_std") if samples > 1 else None
             folders.extend(filter(None, (output, std_output)))
         for path in filter(None, (output, std_output)):
-            _claim(path, source.path, taken, inputs)
-        jobs.append(_VolumeJob(source, output, std_output))
+            _claim(path, volume.path, taken, inputs)
+        jobs.append(_VolumeJob(volume, output, std_output))
     for folder in folders:
         inside = _real(folder) + os.sep
         for path in inputs:

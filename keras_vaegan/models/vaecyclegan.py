@@ -3,7 +3,7 @@
 Read it top to bottom: the sub-models, the objective (generator and
 discriminator losses, written once with ``keras.ops``), then the train and
 test steps, which hand the one thing that differs per backend, taking
-gradients, to a small adapter in ``models/adapters/``.
+gradients, to the running backend's steps in ``keras_vaegan.backends``.
 
     fake_ct  = G_ct(x);   rec_mri = G_mri(fake_ct)
     fake_mri = G_mri(y);  rec_ct  = G_ct(fake_mri)
@@ -17,16 +17,15 @@ gradients, to a small adapter in ``models/adapters/``.
 
 from __future__ import annotations
 
-import importlib
-
 import keras
 
+from keras_vaegan import backends
 from keras_vaegan.config import Config
 from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
-from keras_vaegan.training.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
-from keras_vaegan.training.optimizers import (
+from keras_vaegan.models.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
+from keras_vaegan.models.optimizers import (
     OPTIMIZER_NAMES,
     OptimizerGroup,
     make_optimizers,
@@ -63,8 +62,7 @@ class VAECycleGAN(keras.Model):
         self.pool_mri = HistoryPool(c.pool_size, c.image_size, c.batch_size, seed=c.seed + 4,
                                     name="pool_mri", dtype="float32")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
-        self._adapter = importlib.import_module(
-            f"keras_vaegan.models.adapters.{keras.backend.backend()}_adapter")
+        self._steps = backends.get()
 
     # --- sub-models ------------------------------------------------------------
     def build(self, input_shape=None):
@@ -212,10 +210,10 @@ class VAECycleGAN(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, *args):
-        return self._adapter.train_step(self, *args)
+        return self._steps.train_step(self, *args)
 
     def test_step(self, *args):
-        return self._adapter.test_step(self, *args)
+        return self._steps.test_step(self, *args)
 
     # --- serialisation ----------------------------------------------------------
     def get_config(self) -> dict:
@@ -225,10 +223,3 @@ class VAECycleGAN(keras.Model):
     def from_config(cls, config: dict):
         return cls(**config)
 
-
-def unpack_batch(data):
-    """(mri, ct) from what fit() passes: a tuple, or a tuple wrapped as x."""
-    if isinstance(data, (list, tuple)) and len(data) == 1:
-        data = data[0]
-    mri, ct = data[0], data[1]
-    return mri, ct

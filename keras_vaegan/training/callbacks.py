@@ -19,7 +19,7 @@ import threading
 import keras
 import numpy as np
 
-from keras_vaegan.data.atomic import atomic_path, atomic_write_text
+from keras_vaegan.io.atomic import atomic_path, atomic_write_text
 
 CHECKPOINT_STATE = "state.json"
 
@@ -185,7 +185,7 @@ class SnapshotCallback(keras.callbacks.Callback):
         self.directory = directory
 
     def render(self, path: str) -> None:
-        from keras_vaegan.data.writers import write_overview_png
+        from keras_vaegan.io.figures import write_overview_png
 
         model = self.model
         to_np = keras.ops.convert_to_numpy

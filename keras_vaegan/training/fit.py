@@ -14,11 +14,12 @@ import sys
 
 import keras
 
+from keras_vaegan.backends.distribution import setup_distribution
 from keras_vaegan.config import Config
-from keras_vaegan.data.atomic import atomic_path
 from keras_vaegan.data.pipeline import make_training_dataset, make_validation_batch
-from keras_vaegan.data.sources import load_training_data
+from keras_vaegan.data.training_data import load_training_data
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import atomic_path
 from keras_vaegan.models.vaecyclegan import VAECycleGAN
 from keras_vaegan.training.callbacks import (
     GracefulInterrupt,
@@ -28,7 +29,6 @@ from keras_vaegan.training.callbacks import (
     read_checkpoint_state,
     restore_checkpoint,
 )
-from keras_vaegan.training.distribution import setup_distribution
 from keras_vaegan.training.precision import apply_precision
 
 MODEL_FILE = "model.keras"
@@ -87,7 +87,7 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     held_out = None  # read before the run folder is made: a bad file writes nothing
     if validation_data:
         held_out = load_training_data(config, data_root=validation_data, on_bad=on_bad)
-    say(f"data: {data.source}")
+    say(f"data: {data.origin}")
     say(f"backend: {keras.backend.backend()}, precision policy: {policy}, "
                   f"distribution: {distribution.name} ({distribution.replicas} replica(s))")
     try:

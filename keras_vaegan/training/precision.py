@@ -9,10 +9,9 @@ are created with ``dtype="float32"``; the losses cast). Under
 
 from __future__ import annotations
 
-import importlib
-
 import keras
 
+from keras_vaegan import backends
 from keras_vaegan.errors import VAEGANError
 
 POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -31,9 +30,7 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def accelerator_available() -> bool:
-    adapter = importlib.import_module(
-        f"keras_vaegan.models.adapters.{keras.backend.backend()}_adapter")
-    return adapter.accelerator_available()
+    return backends.get().accelerator_available()
 
 
 def resolve_policy(mode: str) -> str:

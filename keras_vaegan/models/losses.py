@@ -1,6 +1,6 @@
 """The VAE-CycleGAN loss terms, written once with ``keras.ops``.
 
-Every backend's gradient adapter calls these same functions, so the
+Every backend's step module calls these same functions, so the
 objective is identical on TensorFlow, JAX and PyTorch. Each term is a
 float32 scalar whatever the compute dtype (mixed precision keeps losses in
 float32).
@@ -65,7 +65,7 @@ def _gradient_magnitude(images):
     return ops.sqrt(ops.square(dx) + ops.square(dy) + 1e-8)
 
 
-def structure_loss(source, translated):
+def structure_loss(inputs, translated):
     """1 - the correlation of the two images' gradient magnitudes, averaged over the batch.
 
     Why: MRI and CT disagree on which tissue is bright (bone and air are both
@@ -75,7 +75,7 @@ def structure_loss(source, translated):
     neither the adversarial nor the cycle term does (a generator may move an
     edge as long as its partner moves it back).
     """
-    a = _gradient_magnitude(source)
+    a = _gradient_magnitude(inputs)
     b = _gradient_magnitude(translated)
     a = a - ops.mean(a, axis=(1, 2, 3), keepdims=True)
     b = b - ops.mean(b, axis=(1, 2, 3), keepdims=True)

@@ -15,10 +15,9 @@ from __future__ import annotations
 import jax
 import keras
 
+from keras_vaegan.backends.distribution import Distribution
+from keras_vaegan.backends.loss_scaling import scale_ratios, unpack_batch
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.models.vaecyclegan import unpack_batch
-from keras_vaegan.training.distribution import Distribution
-from keras_vaegan.training.optimizers import scale_ratios
 
 
 def accelerator_available() -> bool:

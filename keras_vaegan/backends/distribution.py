@@ -3,19 +3,16 @@
 TensorFlow uses ``tf.distribute`` (MirroredStrategy on one machine,
 MultiWorkerMirroredStrategy across machines from ``TF_CONFIG``); JAX uses
 ``keras.distribution.DataParallel``; PyTorch trains on one device. The
-backend-specific part lives in each adapter's ``distribution``; this module
+backend-specific part lives in each step module's ``distribution``; this module
 only decides and describes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
-
-import keras
 
 from keras_vaegan.errors import VAEGANError
 
@@ -50,9 +47,9 @@ def setup_distribution(strategy: str, batch_size: int) -> Distribution:
     """Create the distribution for ``strategy`` (auto | none | mirrored | multiworker)."""
     if strategy == "none":
         return Distribution("none")
-    adapter = importlib.import_module(
-        f"keras_vaegan.models.adapters.{keras.backend.backend()}_adapter")
-    dist = adapter.distribution(strategy)
+    from keras_vaegan.backends import get
+
+    dist = get().distribution(strategy)
     if batch_size % dist.replicas:
         raise VAEGANError(None, f"--batch-size {batch_size} must be a multiple of the "
                                 f"{dist.replicas} replicas of --strategy {strategy}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 
 from keras_vaegan.config import Config
-from keras_vaegan.training.schedule import ConstantThenLinearDecay
+from keras_vaegan.models.schedule import ConstantThenLinearDecay
 
 OPTIMIZER_NAMES = ("g_ct_optimizer", "g_mri_optimizer", "d_ct_optimizer", "d_mri_optimizer")
 
@@ -93,28 +93,3 @@ def with_loss_scaling(optimizer):
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer
     return keras.optimizers.LossScaleOptimizer(optimizer, name=optimizer.name)
-
-
-def loss_scale(optimizer):
-    """The optimizer's current loss scale (1 when it does not scale)."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
-    return 1.0
-
-
-def scale_ratios(nets_and_optimizers) -> list:
-    """Per optimizer: its loss scale over the first one's.
-
-    One backward pass serves several optimizers (both generators share L_G),
-    so the loss is scaled by the first optimizer's scale and each other
-    optimizer's gradients are multiplied by this ratio before it unscales
-    them with its own scale.
-    """
-    first = nets_and_optimizers[0][1]
-    ratios = []
-    for _, optimizer in nets_and_optimizers:
-        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or isinstance(
-            first, keras.optimizers.LossScaleOptimizer)
-        ratios.append(keras.ops.divide(loss_scale(optimizer), loss_scale(first))
-                      if scaled and optimizer is not first else None)
-    return ratios

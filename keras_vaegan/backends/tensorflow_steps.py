@@ -4,17 +4,16 @@ Under a ``tf.distribute`` strategy each replica's loss (a mean over its
 share of the batch) is divided by the number of replicas, because the
 optimizers sum gradients across replicas: the update is then the one for
 the mean over the global batch. Under mixed_float16 the loss is scaled by
-the first optimizer's loss scale (see ``training.optimizers.scale_ratios``).
+the first optimizer's loss scale (see ``backends.loss_scaling.scale_ratios``).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_vaegan.backends.distribution import Distribution, is_chief_worker
+from keras_vaegan.backends.loss_scaling import scale_ratios, unpack_batch
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.models.vaecyclegan import unpack_batch
-from keras_vaegan.training.distribution import Distribution, is_chief_worker
-from keras_vaegan.training.optimizers import scale_ratios
 
 
 def accelerator_available() -> bool:

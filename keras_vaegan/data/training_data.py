@@ -15,7 +15,8 @@ import numpy as np
 from keras_vaegan.config import Config
 from keras_vaegan.data import phantom, readers, volumes
 from keras_vaegan.data.readers import read_slice
-from keras_vaegan.data.units import map_for, mri_map, modality_units
+from keras_vaegan.data.units import map_for, modality_units, mri_map
+from keras_vaegan.data.volume import FoundVolume
 from keras_vaegan.errors import VAEGANError
 
 MRI_FOLDER_NAMES = ("mri", "mr", "traina")
@@ -29,7 +30,7 @@ class TrainingData:
     mri: list[np.ndarray]
     ct: list[np.ndarray]
     config: Config
-    source: str  # "phantom" or a description of the folders
+    origin: str  # "phantom" or a description of the folders
 
 
 def split_data_root(root: str) -> tuple[list[str], list[str]]:
@@ -107,11 +108,11 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
     where = os.fspath(paths[0]) if len(paths) == 1 else os.path.commonpath(
         [os.path.abspath(p) for p in paths])
     slice_files: list[str] = []
-    sources: list[volumes.VolumeSource] = []
+    found: list[FoundVolume] = []
     for path in paths:
-        found, vols = volumes.find_inputs(path, modality, on_bad=on_bad)
-        slice_files.extend(found)
-        sources.extend(vols)
+        slice_paths, vols = volumes.find_inputs(path, modality, on_bad=on_bad)
+        slice_files.extend(slice_paths)
+        found.extend(vols)
     slices = []
     for path in slice_files:
         try:
@@ -120,7 +121,7 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
             readers.skip_or_raise(on_bad, err)
     kinds = {modality_units(s.bit_depth, modality) for s in slices}
     volume_units = modality_units("float", modality)
-    if sources and kinds - {volume_units}:
+    if found and kinds - {volume_units}:
         raise VAEGANError(where, f"mixes volumes ({volume_units}) with 8-bit slices (uint8): "
                                  "their units disagree; convert the slices to 16-bit/float "
                                  f"{'HU' if modality == 'ct' else 'intensities'} or train on "
@@ -132,9 +133,9 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
     maps = [map_for(units, s.pixels, config) for s in slices]
     out = [m.to_unit(s.pixels) for m, s in zip(maps, slices)]
     read = len(slices)
-    for source in sources:
+    for volume_files in found:
         try:
-            volume = volumes.read_volume(source, modality)
+            volume = volumes.read_volume(volume_files, modality)
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
             continue
@@ -195,7 +196,7 @@ def load_training_data(config: Config, data_root: str | None = None, mri_dir: st
     ct, ct_units, _ = read_folder(ct_paths, "ct", config, on_bad)
     reference = _reference_range(mri_maps) if mri_units == "percentile" else (0.0, 255.0)
     config = config.replace(mri_units=mri_units, ct_units=ct_units, mri_reference_range=reference)
-    return TrainingData(mri, ct, config, source=f"MRI {_describe(mri_paths)} ({len(mri)} slices), "
+    return TrainingData(mri, ct, config, origin=f"MRI {_describe(mri_paths)} ({len(mri)} slices), "
                                                 f"CT {_describe(ct_paths)} ({len(ct)} slices)")
 
 
@@ -218,7 +219,7 @@ def phantom_training_data(config: Config) -> TrainingData:
     ct_to_unit = map_for("hu", None, config)
     return TrainingData([m.to_unit(s) for m, s in zip(maps, mri)],
                         [ct_to_unit.to_unit(s) for s in ct], config,
-                        source=f"phantom ({count} MRI and {count} CT slices, "
+                        origin=f"phantom ({count} MRI and {count} CT slices, "
                                f"{config.phantom_size}x{config.phantom_size})")
 
 

@@ -1,0 +1,1 @@
+"""File-system plumbing shared by every layer: atomic writes, output path checks, figures."""
