@@ -15,6 +15,8 @@ import sys
 
 import click
 
+from keras_vaegan.config import MIXED_PRECISION, STRATEGIES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -73,6 +75,43 @@ class SkippedFiles:
         if self.count:
             click.echo(f"skipped {self.count} bad file{'s' if self.count != 1 else ''}",
                        err=True)
+
+
+class ProgressBar:
+    """A ``keras_vaegan.io.progress.Progress`` drawn as a ``click.progressbar`` on stderr.
+
+    It shows the count, the rate and the time left; the bar appears at the
+    first call and ends with ``close()`` (also when an error stops the work).
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar = None
+        self.started = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if self.bar is None:
+            self.started = time.monotonic()
+            self.bar = click.progressbar(length=max(total, 1), label=self.label, file=sys.stderr,
+                                         show_eta=True, show_pos=True,
+                                         item_show_func=self._rate)
+            self.bar.__enter__()
+        self.bar.length = max(total, 1)
+        self.bar.update(done - self.bar.pos)
+
+    def _rate(self, _item) -> str:
+        import time
+
+        elapsed = time.monotonic() - self.started
+        done = self.bar.pos if self.bar is not None else 0
+        return f"{done / elapsed:.1f}/s" if elapsed > 0 and done else ""
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def user_errors(command):
@@ -152,8 +191,8 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--config", "config_file", type=click.Path(), help="JSON file of settings (keys of keras_vaegan.config.Config).")
 @click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set beta_kl=0.01 (repeatable).")
-@click.option("--mixed-precision", type=click.Choice(["auto", "off", "float16", "bfloat16"]), help="Compute precision (default auto: float16 on a GPU, bfloat16 on a CPU with native bf16, else float32).")
-@click.option("--strategy", type=click.Choice(["auto", "none", "mirrored", "multiworker"]), help="Distribution strategy (default none).")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Compute precision (default auto: float16 on a GPU, bfloat16 on a CPU with native bf16, else float32).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), help="Distribution strategy (default none).")
 @click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the TensorFlow train step (default off: slower on CPU). JAX always jits.")
 @click.option("--validation-data", type=click.Path(), help="Held-out folder (same layout as --data) for validation losses.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

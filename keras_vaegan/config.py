@@ -20,6 +20,10 @@ AUGMENT_RESAMPLING = ("lanczos", "bilinear")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 
+# a run folder: what fit writes and predict, evaluate and export read
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+
 
 @dataclass
 class Config:

@@ -31,9 +31,9 @@ import tensorflow as tf
 from keras_cv.src.utils import preprocessing as kcv_image  # transform helpers (no public alias)
 
 from keras_vaegan.config import AUGMENT_RESAMPLING, Config
+from keras_vaegan.data.units import AIR_UNIT
 
 MODALITIES = ("mri", "ct")
-FILL_VALUE = -1.0  # air in model units
 SUPERSAMPLE = 3  # "lanczos": transform a 3x Lanczos-upsampled image, keep every 3rd pixel
 
 
@@ -62,7 +62,7 @@ class Augmenter:
         self.translation = float(translation)
         self.intensity_jitter = float(intensity_jitter)
         self._generator = tf.random.Generator.from_seed(int(seed))
-        fill = dict(fill_mode="constant", fill_value=FILL_VALUE, interpolation="bilinear")
+        fill = dict(fill_mode="constant", fill_value=AIR_UNIT, interpolation="bilinear")
         # keras-cv's rotation factor is a fraction of a full turn (2*pi).
         self._flip_layer = keras_cv.layers.RandomFlip(mode="horizontal")
         self._rotation = keras_cv.layers.RandomRotation(

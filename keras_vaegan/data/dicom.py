@@ -29,6 +29,7 @@ import numpy as np
 from keras_vaegan.data import readers
 from keras_vaegan.data.volume import (
     MEDICAL_EXTRA,
+    OUTPUT_DESCRIPTIONS,
     FoundVolume,
     Reorientation,
     Volume,
@@ -45,12 +46,6 @@ _POSITION_TOLERANCE_MM = 1e-3
 _ORIENTATION_TOLERANCE = 1e-3
 _DEFER_SIZE = 4096  # header reads leave values bigger than this (pixel data) on disk
 
-SERIES_DESCRIPTIONS = {  # LO: at most 64 characters
-    ("ct", "mean"): "synthetic CT from MRI (keras-vaegan), not for diagnosis",
-    ("ct", "std"): "std of synthetic CT, HU (keras-vaegan), not for diagnosis",
-    ("mri", "mean"): "synthetic MR from CT (keras-vaegan), not for diagnosis",
-    ("mri", "std"): "std of synthetic MR (keras-vaegan), not for diagnosis",
-}
 COPIED_TAGS = (  # patient, study, equipment context and geometry taken from the input
     "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "PatientAge", "PatientWeight", "PatientSize", "StudyDate", "StudyTime", "StudyID",
@@ -482,7 +477,7 @@ def write_series(folder: str | os.PathLike, volume: Volume, voxels: np.ndarray, 
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     now = datetime.datetime.now()
-    text = description or SERIES_DESCRIPTIONS[(modality, role)]
+    text = description or OUTPUT_DESCRIPTIONS[(modality, role)]
     first = volume.dicom_slices[0].dataset
     series_number = _series_number(first, role)
     written = []

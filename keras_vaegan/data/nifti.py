@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_vaegan.data.volume import (
     MEDICAL_EXTRA,
+    OUTPUT_DESCRIPTIONS,
     Reorientation,
     Volume,
     check_finite,
@@ -26,11 +27,6 @@ from keras_vaegan.data.volume import (
 )
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import atomic_path
-
-DESCRIPTIONS = {("ct", "mean"): "synthetic CT from MRI (keras-vaegan), not for diagnosis",
-                ("ct", "std"): "std of synthetic CT, HU (keras-vaegan), not for diagnosis",
-                ("mri", "mean"): "synthetic MR from CT (keras-vaegan), not for diagnosis",
-                ("mri", "std"): "std of synthetic MR (keras-vaegan), not for diagnosis"}
 
 
 def nibabel_module(path=None):
@@ -214,7 +210,7 @@ def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, mod
     image.header.set_slope_inter(None, None)  # float32 HU as stored: no scaling
     image.header["cal_min"] = 0.0
     image.header["cal_max"] = 0.0
-    text = description or DESCRIPTIONS.get((modality, role), "keras-vaegan output")
+    text = description or OUTPUT_DESCRIPTIONS.get((modality, role), "keras-vaegan output")
     image.header["descrip"] = text.encode("ascii", "replace")[:79]
     image.header["aux_file"] = b""
     image.header["intent_code"] = 0

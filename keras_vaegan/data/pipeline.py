@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vaegan.config import Config
-from keras_vaegan.data.augment import FILL_VALUE, Augmenter, build_augmenter
+from keras_vaegan.data.augment import Augmenter, build_augmenter
+from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -138,7 +139,7 @@ def _pad_centred(image: tf.Tensor, size: int, margin: int) -> tf.Tensor:
     before = short // 2 + margin
     after = short - short // 2 + margin
     paddings = tf.stack([tf.stack([before[0], after[0]]), tf.stack([before[1], after[1]]), [0, 0]])
-    return tf.pad(image, paddings, constant_values=FILL_VALUE)
+    return tf.pad(image, paddings, constant_values=AIR_UNIT)
 
 
 def _as_ragged(slices: list[np.ndarray]) -> tf.RaggedTensor:
@@ -158,7 +159,7 @@ def _centre_batch(slices: list[np.ndarray], size: int, count: int) -> np.ndarray
 def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Same centring as the training padding: extra rows/columns go after."""
     short = np.maximum(size - np.array(image.shape), 0)
-    image = np.pad(image, [(s // 2, s - s // 2) for s in short], constant_values=FILL_VALUE)
+    image = np.pad(image, [(s // 2, s - s // 2) for s in short], constant_values=AIR_UNIT)
     top, left = ((np.array(image.shape) - size) // 2)
     return image[top:top + size, left:left + size]
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_vaegan.data.units import normalise_modality
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.paths import extension as _extension
 
 SLICE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
@@ -50,14 +51,6 @@ class Slice:
     path: str
     pixels: np.ndarray  # float32, 2-D
     bit_depth: str  # "uint8" | "uint16" | "float"
-
-
-def _extension(path: str) -> str:
-    """The lower-case extension, ``.nii.gz`` counted as one."""
-    name = os.path.basename(path).lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return os.path.splitext(name)[1]
 
 
 def _listed(name: str) -> bool:

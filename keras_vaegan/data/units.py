@@ -16,6 +16,7 @@ import numpy as np
 from keras_vaegan.errors import VAEGANError
 
 UNITS = ("hu", "percentile", "uint8")
+AIR_UNIT = -1.0  # air / background in model units: what crops, augmentation and prediction pad with
 
 
 @dataclass(frozen=True)

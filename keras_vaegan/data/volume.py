@@ -30,6 +30,12 @@ from keras_vaegan.errors import VAEGANError
 # canonical [slice, row, col] axes as directions in DICOM patient coordinates (LPS):
 # slices towards S (+z), rows towards P (+y), columns towards L (+x)
 CANONICAL_LPS = ((2, 1), (1, 1), (0, 1))  # (world axis, sign) per canonical axis
+OUTPUT_DESCRIPTIONS = {  # what every written result says it is (DICOM LO: at most 64 characters)
+    ("ct", "mean"): "synthetic CT from MRI (keras-vaegan), not for diagnosis",
+    ("ct", "std"): "std of synthetic CT, HU (keras-vaegan), not for diagnosis",
+    ("mri", "mean"): "synthetic MR from CT (keras-vaegan), not for diagnosis",
+    ("mri", "std"): "std of synthetic MR (keras-vaegan), not for diagnosis",
+}
 MEDICAL_EXTRA = "pip install 'keras-vaegan[medical]'"
 MAX_VOXELS = 2 ** 28  # 268,435,456 voxels (1 GiB as float32, e.g. 1024 slices of 512x512);
 # bigger volumes are refused from their headers, before any voxel is read

@@ -40,6 +40,8 @@ from keras_vaegan.data.filters import gaussian_blur
 from keras_vaegan.data.volume import FoundVolume, Volume
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import atomic_write_text
+from keras_vaegan.io.figures import OVERVIEW_NAME
+from keras_vaegan.io.paths import same_path
 
 CLIP_HU = (-1024.0, 3000.0)
 DATA_RANGE_HU = CLIP_HU[1] - CLIP_HU[0]  # 4024
@@ -48,7 +50,6 @@ SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 METRICS = ("mae_hu", "psnr_db", "ssim")
-OVERVIEW_NAME = "overview.png"  # predict's overview image, not a prediction
 
 _MODALITY = {"mri": "mri", "ct": "ct", "sct": "ct", "prediction": "ct", "mask": None}
 _ACCEPTED = {"mri": ("mri",), "ct": ("ct",), "mask": ("mask",), "sct": ("sct",),
@@ -219,7 +220,7 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     references = _collect(reference_path, "ct")
     if prediction_path is not None:
         prediction_path = os.fspath(prediction_path)
-        if os.path.isdir(reference_path) and _same(prediction_path, reference_path):
+        if os.path.isdir(reference_path) and same_path(prediction_path, reference_path):
             # one SynthRAD folder holding ct and sct: only sct is the prediction
             predictions = _collect(prediction_path, "sct", strict=True)
         else:
@@ -345,10 +346,6 @@ def _same_grid(path: str, reference: Volume | None, other: Volume | None,
         if not np.allclose(reference.nifti_image.affine, other.nifti_image.affine, atol=1e-3):
             raise VAEGANError(path, "affine differs from the reference CT's: images must be on "
                                     "the same grid (resample first)")
-
-
-def _same(a: str, b: str) -> bool:
-    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def _jsonable(value):

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 
+from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
 
 FORMATS = ("savedmodel", "onnx")
@@ -52,7 +53,6 @@ UNCERTAINTY_SIGNATURE = "mri2ct_uncertainty"
 INPUT_KEY = "images"
 OUTPUT_KEY = "translated"
 DEFAULT_SAMPLES = 8
-PAD_VALUE = -1.0  # air in model units, as predict pads
 EXPORT_INFO = os.path.join("assets.extra", "keras_vaegan.json")
 ONNX_OPSET = 17
 _RESULT_TAG = "keras-vaegan-export-result: "
@@ -229,7 +229,7 @@ class ServingModule:
         extra_w = (width + stride - 1) // stride * stride - width
         top, left = extra_h // 2, extra_w // 2
         paddings = tf.stack([[0, 0], [top, extra_h - top], [left, extra_w - left], [0, 0]])
-        padded = tf.pad(unit, paddings, constant_values=PAD_VALUE)
+        padded = tf.pad(unit, paddings, constant_values=AIR_UNIT)
 
         def crop(image):
             return image[:, top:top + height, left:left + width, :]

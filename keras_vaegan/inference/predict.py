@@ -31,16 +31,14 @@ from keras_vaegan.data import readers, units, volumes, writers
 from keras_vaegan.data.volume import FoundVolume, Volume
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.runs import LoadedRun, find_newest_run, load_run
-from keras_vaegan.io.figures import write_overview_png
-from keras_vaegan.io.paths import check_output_folder
+from keras_vaegan.io.figures import OVERVIEW_NAME, write_overview_png
+from keras_vaegan.io.paths import check_output_folder, real_path
 
 __all__ = ["DIRECTIONS", "FORMATS", "LoadedRun", "TranslatedVolume", "find_newest_run",
            "load_run", "predict", "translate_slice", "translate_slices", "translate_volume"]
 
 DIRECTIONS = ("mri2ct", "ct2mri")
 FORMATS = ("same", "png", "npy")
-PAD_VALUE = -1.0  # air / background in model units
-OVERVIEW_NAME = "overview.png"
 OVERVIEW_ROWS = 8
 _CHUNK_BATCHES = 16  # batches translated (and held in memory) before their outputs are written
 MAX_PASS_PIXELS = 2 ** 22  # pixels in one forward pass (padded): one 2048x2048 slice, or 16 of
@@ -137,7 +135,7 @@ def _pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Pad evenly on both sides of each axis with air (-1)."""
     extra = [target - side for target, side in zip(shape, image.shape)]
     widths = [(e // 2, e - e // 2) for e in extra]
-    return np.pad(image, widths, mode="constant", constant_values=PAD_VALUE)
+    return np.pad(image, widths, mode="constant", constant_values=units.AIR_UNIT)
 
 
 def _crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -343,7 +341,7 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     overview = os.path.join(output_dir, OVERVIEW_NAME)
     taken: dict[str, str] = {os.path.normcase(overview).lower(): "the overview image"}
     # every image file found counts as an input, also one left out as bad
-    inputs = {_real(path) for path in readers.find_images(input_path)}
+    inputs = {real_path(path) for path in readers.find_images(input_path)}
     jobs = _plan_outputs(output_dir, pieces, names, out_units, fmt, samples, taken, inputs)
     volume_jobs = _plan_volume_outputs(output_dir, found, names, samples, taken, inputs)
     outputs = [p for job in jobs for p in (job.output, job.std_output) if p]
@@ -442,10 +440,6 @@ def _new_uid() -> str:
     return generate_uid()
 
 
-def _real(path: str) -> str:
-    return os.path.normcase(os.path.realpath(path))
-
-
 def _claim(path: str, owner: str, taken: dict[str, str], inputs: set[str]) -> None:
     """Refuse an output name that another input also gets, or that is an input file."""
     key = os.path.normcase(path).lower()
@@ -453,7 +447,7 @@ def _claim(path: str, owner: str, taken: dict[str, str], inputs: set[str]) -> No
         raise VAEGANError(owner, f"its output {path} would also be written for "
                                  f"{taken[key]}; rename one or use another --format")
     taken[key] = owner
-    if _real(path) in inputs:
+    if real_path(path) in inputs:
         raise VAEGANError(path, "is an input and its output would overwrite it; write to an "
                                 "output folder outside the input folder")
 
@@ -461,7 +455,7 @@ def _claim(path: str, owner: str, taken: dict[str, str], inputs: set[str]) -> No
 def _check_existing(outputs: list[str], volume_folders: set[str], overview: str,
                     inputs: set[str], overwrite: bool) -> None:
     """Refuse outputs that exist (unless ``overwrite``), and the overview image on an input."""
-    if _real(overview) in inputs:
+    if real_path(overview) in inputs:
         raise VAEGANError(overview, "is an input and the overview image would overwrite it; "
                                     "write to an output folder outside the input folder")
     for path in [*outputs, overview]:
@@ -518,7 +512,7 @@ def _plan_volume_outputs(output_dir: str, found: list[FoundVolume], names: dict,
             _claim(path, volume.path, taken, inputs)
         jobs.append(_VolumeJob(volume, output, std_output))
     for folder in folders:
-        inside = _real(folder) + os.sep
+        inside = real_path(folder) + os.sep
         for path in inputs:
             if path.startswith(inside):
                 raise VAEGANError(folder, f"output series folder holds an input ({path}); "

@@ -14,11 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from keras_vaegan.config import Config
+from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.errors import VAEGANError
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
 DEFAULT_RUNS_ROOT = "savedmodels"
 
 

@@ -12,6 +12,7 @@ import tempfile
 from typing import Iterator
 
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.paths import extension
 
 
 @contextlib.contextmanager
@@ -24,7 +25,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if suffix is None:
-        suffix = _full_suffix(path)
+        suffix = extension(path)
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
@@ -60,14 +61,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _full_suffix(path: str) -> str:
-    name = os.path.basename(path).lower()
-    for double in (".nii.gz", ".weights.h5", ".tar.gz"):
-        if name.endswith(double):
-            return double
-    return os.path.splitext(name)[1]
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import numpy as np
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import atomic_path
 
+OVERVIEW_NAME = "overview.png"  # predict's (and evaluate's) grid of inputs and outputs, not a result
+
 
 def write_overview_png(path: str | os.PathLike, rows: Sequence[Sequence[np.ndarray]],
                        titles: Sequence[str] | None = None,

@@ -6,6 +6,26 @@ import os
 
 from keras_vaegan.errors import VAEGANError
 
+DOUBLE_EXTENSIONS = (".nii.gz", ".weights.h5", ".tar.gz")  # extensions that count as one
+
+
+def extension(path: str | os.PathLike) -> str:
+    """The lower-case extension of a file name, ``.nii.gz`` (and the like) counted as one."""
+    name = os.path.basename(os.fspath(path)).lower()
+    for double in DOUBLE_EXTENSIONS:
+        if name.endswith(double):
+            return double
+    return os.path.splitext(name)[1]
+
+
+def real_path(path: str | os.PathLike) -> str:
+    """One spelling per file: links resolved, case folded where the file system folds it."""
+    return os.path.normcase(os.path.realpath(os.fspath(path)))
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return real_path(a) == real_path(b)
+
 
 def check_writable(path: str | os.PathLike) -> None:
     """Refuse an output file path that cannot be written, before any work is done.

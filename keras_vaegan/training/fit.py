@@ -15,7 +15,7 @@ import sys
 import keras
 
 from keras_vaegan.backends.distribution import setup_distribution
-from keras_vaegan.config import Config
+from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.data.pipeline import make_training_dataset, make_validation_batch
 from keras_vaegan.data.training_data import load_training_data
 from keras_vaegan.errors import VAEGANError
@@ -30,9 +30,6 @@ from keras_vaegan.training.callbacks import (
     restore_checkpoint,
 )
 from keras_vaegan.training.precision import apply_precision
-
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
 
 
 def default_run_dir(root: str = "savedmodels") -> str:
