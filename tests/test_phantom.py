@@ -148,3 +148,23 @@ def test_expected_ct_is_the_anatomy_at_mid_range_densities():
     body = s.mask > 0
     shifted = np.roll(expected, 2, axis=-1)
     assert np.mean(np.abs(expected - s.ct)[body]) < 0.5 * np.mean(np.abs(shifted - s.ct)[body])
+
+
+# sha256 of _label_volume's uint8 labels (12 slices, 64 x 64 fine grid) as the code drew
+# them before _label_volume was split into one helper per structure group: the split must
+# not move a single pixel. Seeds 2 and 4 draw one and two lesions; every seed has face slices.
+_PINNED_LABELS = {
+    0: "93ab6048acd85d5e",
+    2: "917dae5e3a7da41f",
+    4: "6509c7929d49e426",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(_PINNED_LABELS))
+def test_label_volume_is_pixel_identical_to_the_pinned_drawing(seed):
+    import hashlib
+
+    anatomy = phantom._draw_anatomy(np.random.default_rng(seed), 12)
+    labels = phantom._label_volume(anatomy, 64)
+    assert labels.shape == (12, 64, 64) and labels.dtype == np.uint8
+    assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == _PINNED_LABELS[seed]

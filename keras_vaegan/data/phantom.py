@@ -264,12 +264,58 @@ def _mid_range_ct(lesion_bright: bool) -> np.ndarray:
 
 
 def _label_volume(a: dict, n: int) -> np.ndarray:
-    """Tissue labels [slices, n, n] at the pixel centres of an n x n grid."""
+    """Tissue labels [slices, n, n] at the pixel centres of an n x n grid.
+
+    Structures are painted in order, each over what lies beneath it: the head's
+    layers from the outline inwards, then the deep structures, the lesions, the
+    sinuses and the face.
+    """
+    head = _head_frame(a, n)
+    layers = _layer_depths(a, head)
+    labels = np.full(head.depth.shape, AIR, np.uint8)
+    _paint_scalp(labels, head, layers)
+    _paint_skull(labels, head, layers)
+    _paint_brain(labels, a, head, layers)
+    _paint_lesions(labels, a, head, layers)
+    _paint_frontal_sinus(labels, a, head, layers)
+    _paint_face(labels, a, head, layers)
+    return labels
+
+
+@dataclass
+class _HeadFrame:
+    """Per-pixel coordinates of one subject's head, [slices, n, n] after broadcasting."""
+
+    t: np.ndarray  # axial position of each slice in [0, 1]
+    x: np.ndarray  # head-frame coordinates; y < 0 is anterior (top of the image)
+    y: np.ndarray
+    scale: np.ndarray  # the head's size relative to its widest slice
+    ax: np.ndarray  # the outline's semi-axes on each slice
+    ay: np.ndarray
+    depth: np.ndarray  # approximate distance inside the head outline
+    theta: np.ndarray  # angle around the head's centre
+
+
+@dataclass
+class _LayerDepths:
+    """Depth below the outline at which each layer of scalp, skull and cortex begins."""
+
+    skull: np.ndarray  # the skull's full thickness
+    skin_in: float
+    fat_in: np.ndarray
+    outer_in: np.ndarray  # outer table ends, marrow (diploe) begins
+    diploe_in: np.ndarray  # marrow ends, inner table begins
+    skull_in: np.ndarray
+    csf_in: np.ndarray
+    cortex_in: np.ndarray
+
+
+def _head_frame(a: dict, n: int) -> _HeadFrame:
+    """The head outline of every slice: rotated, shifted, smaller towards the vertex."""
     t = a["t"].astype(np.float32)[:, None, None]
     coords = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
     gx = coords[None, None, :]
     gy = coords[None, :, None]
-    # head frame: rotated and shifted; y < 0 is anterior (top of the image)
     cos, sin = float(np.cos(a["angle"])), float(np.sin(a["angle"]))
     dx, dy = gx - float(a["offset"][0]), gy - float(a["offset"][1])
     x = (cos * dx + sin * dy).astype(np.float32)
@@ -282,7 +328,12 @@ def _label_volume(a: dict, n: int) -> np.ndarray:
     grad = np.sqrt((x / ax ** 2) ** 2 + (y / ay ** 2) ** 2) / r + 1e-6
     depth = (1 - r) / grad  # approximate distance inside the head outline
     theta = np.arctan2(y, x)
+    return _HeadFrame(t=t, x=x, y=y, scale=scale, ax=ax, ay=ay, depth=depth, theta=theta)
 
+
+def _layer_depths(a: dict, head: _HeadFrame) -> _LayerDepths:
+    """Scalp, skull (thicker at the front, marrow front and back) and folded cortex thicknesses."""
+    t, theta, y = head.t, head.theta, head.y
     skull = a["skull"] * (0.85 + 0.3 * t) * (1 + 0.15 * np.cos(theta - a["skull_phase"])) \
         * (1 + 0.12 * np.sin(theta) ** 2 * (y < 0))
     # diploe is thick front and back, thin at the temples (all cortical there)
@@ -296,17 +347,31 @@ def _label_volume(a: dict, n: int) -> np.ndarray:
     gyri = 1 + 0.35 * np.sin(a["gyri"] * theta + a["gyri_phase"] + 3 * t) \
         + 0.2 * np.sin(2.3 * a["gyri"] * theta + 2 * a["gyri_phase"] - 5 * t)
     cortex_in = csf_in + a["cortex"] * gyri
+    return _LayerDepths(skull=skull, skin_in=skin_in, fat_in=fat_in, outer_in=outer_in,
+                        diploe_in=diploe_in, skull_in=skull_in, csf_in=csf_in,
+                        cortex_in=cortex_in)
 
-    labels = np.full(depth.shape, AIR, np.uint8)
-    labels[depth >= 0] = SKIN
-    labels[depth >= skin_in] = FAT
-    labels[depth >= fat_in] = CORTICAL_BONE
-    labels[depth >= outer_in] = MARROW
-    labels[depth >= diploe_in] = CORTICAL_BONE
-    labels[depth >= skull_in] = CSF
-    labels[depth >= csf_in] = GREY_MATTER
-    labels[depth >= cortex_in] = WHITE_MATTER
-    brain = depth >= csf_in
+
+def _paint_scalp(labels: np.ndarray, head: _HeadFrame, layers: _LayerDepths) -> None:
+    """Head outline: skin, then subcutaneous fat."""
+    labels[head.depth >= 0] = SKIN
+    labels[head.depth >= layers.skin_in] = FAT
+
+
+def _paint_skull(labels: np.ndarray, head: _HeadFrame, layers: _LayerDepths) -> None:
+    """Outer table, fatty marrow (diploe), inner table."""
+    labels[head.depth >= layers.fat_in] = CORTICAL_BONE
+    labels[head.depth >= layers.outer_in] = MARROW
+    labels[head.depth >= layers.diploe_in] = CORTICAL_BONE
+
+
+def _paint_brain(labels: np.ndarray, a: dict, head: _HeadFrame, layers: _LayerDepths) -> None:
+    """CSF rim, cortex, white matter, deep grey nuclei and the ventricles."""
+    depth, t, x, y, scale = head.depth, head.t, head.x, head.y, head.scale
+    labels[depth >= layers.skull_in] = CSF
+    labels[depth >= layers.csf_in] = GREY_MATTER
+    labels[depth >= layers.cortex_in] = WHITE_MATTER
+    brain = depth >= layers.csf_in
 
     # deep grey nuclei (thalamus, basal ganglia) in the middle slices
     deep = np.clip(1 - np.abs(t - 0.48) / 0.2, 0, 1) ** 0.5
@@ -329,35 +394,44 @@ def _label_volume(a: dict, n: int) -> np.ndarray:
     slit = (x / 0.014) ** 2 + ((y - 0.05) / (0.09 * third + 1e-6)) ** 2 < 1
     labels[slit & (third > 0) & brain] = CSF
 
-    # lesions: spheres, so they grow and shrink over neighbouring slices
-    z = t * _HEAD_HEIGHT
+
+def _paint_lesions(labels: np.ndarray, a: dict, head: _HeadFrame, layers: _LayerDepths) -> None:
+    """Lesions: spheres, so they grow and shrink over neighbouring slices."""
+    z = head.t * _HEAD_HEIGHT
     for lesion in a["lesions"]:
         radius2 = lesion["r"] ** 2 - (z - lesion["z"]) ** 2
-        blob = (x - lesion["x"] * ax) ** 2 + (y - lesion["y"] * ay) ** 2 < radius2
-        labels[blob & (depth >= cortex_in * 0.9)] = LESION
+        blob = (head.x - lesion["x"] * head.ax) ** 2 + (head.y - lesion["y"] * head.ay) ** 2 \
+            < radius2
+        labels[blob & (head.depth >= layers.cortex_in * 0.9)] = LESION
 
-    # frontal sinus: air pockets in the frontal bone of the lower slices
-    fs = np.clip((a["frontal_sinus"] - t) / 0.12, 0, 1) ** 0.5 * a["frontal_sinus_size"]
-    fs_y = -(ay - fat_in - skull - 0.045)
+
+def _paint_frontal_sinus(labels: np.ndarray, a: dict, head: _HeadFrame,
+                         layers: _LayerDepths) -> None:
+    """Frontal sinus: air pockets in the frontal bone of the lower slices."""
+    x, y = head.x, head.y
+    fs = np.clip((a["frontal_sinus"] - head.t) / 0.12, 0, 1) ** 0.5 * a["frontal_sinus_size"]
+    fs_y = -(head.ay - layers.fat_in - layers.skull - 0.045)
     for side in (-1, 1):
         e = ((x - side * 0.06) / (0.075 * fs + 1e-6)) ** 2 + ((y - fs_y) / (0.05 * fs + 1e-6)) ** 2
-        labels[(e < 1.7) & (fs > 0) & (depth >= fat_in)] = CORTICAL_BONE
-        labels[(e < 1.0) & (fs > 0) & (depth >= fat_in)] = SINUS_AIR
+        labels[(e < 1.7) & (fs > 0) & (head.depth >= layers.fat_in)] = CORTICAL_BONE
+        labels[(e < 1.0) & (fs > 0) & (head.depth >= layers.fat_in)] = SINUS_AIR
 
-    # lowest slices: the face, with maxillary sinuses and the nasal cavity
-    face = np.clip((a["face_top"] - t) / 0.1, 0, 1)
+
+def _paint_face(labels: np.ndarray, a: dict, head: _HeadFrame, layers: _LayerDepths) -> None:
+    """Lowest slices: the face, with maxillary sinuses and the nasal cavity."""
+    x, y, ax, ay = head.x, head.y, head.ax, head.ay
+    face = np.clip((a["face_top"] - head.t) / 0.1, 0, 1)
     patch = (x / (0.62 * ax + 1e-6)) ** 2 + ((y + 0.42 * ay) / (0.5 * ay + 1e-6)) ** 2 < face
-    labels[patch & (depth >= fat_in + skull)] = SOFT_TISSUE
+    labels[patch & (head.depth >= layers.fat_in + layers.skull)] = SOFT_TISSUE
     cavities = []
     for side in (-1, 1):
         cavities.append(((x - side * 0.22 * ax) / 0.1) ** 2 + ((y + 0.42 * ay) / 0.13) ** 2)
     cavities.append((x / 0.03) ** 2 + ((y + 0.58 * ay) / 0.13) ** 2)
-    inside = depth >= fat_in
+    inside = head.depth >= layers.fat_in
     for e in cavities:
         e = e / (face + 1e-6)
         labels[(e < 1.5) & (face > 0) & inside] = CORTICAL_BONE
         labels[(e < 1.0) & (face > 0) & inside] = SINUS_AIR
-    return labels
 
 
 # --- image formation ------------------------------------------------------------------
