@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
+import re
 import sys
 
 import click
@@ -59,6 +61,84 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     """Python warnings (a colour image made grey, DICOM objects skipped) as ``warning: ...``."""
     text = " ".join(str(message).split())
     click.echo(f"warning: {text}", err=True)
+
+
+_LIBRARIES = ("pydicom", "nibabel", "PIL")  # readers whose remarks the user never sees raw
+
+
+def _library_of(filename: str) -> str | None:
+    """The reading library whose source file ``filename`` is, or None (our code, Python's...)."""
+    for name in _LIBRARIES:
+        module = sys.modules.get(name)
+        folder = os.path.dirname(getattr(module, "__file__", None) or "")
+        if folder and os.path.abspath(filename).startswith(folder + os.sep):
+            return name
+    return None
+
+
+class LibraryWarnings(logging.Handler):
+    """What pydicom, nibabel and PIL say while a command runs: held back, then one line each.
+
+    Their log records (``logging``) and Python warnings are collected, never
+    printed as they come. If the command then stops with an error, they are
+    dropped: the remark is the library's view of the same broken file, in its
+    own words, and printed first it would bury the one line that says what is
+    wrong and which file to fix (``error: <path>: <reason>``). If the command
+    goes on to the end, each distinct remark follows the result once, as
+    ``warning: <path>: <reason>``: the file the remark names, else the
+    command's input, since a remark about a file that was read anyway (an
+    invalid UID, a truncated tail) is worth checking. Our own warnings
+    already name their file and are printed as they come.
+    """
+
+    def __init__(self, input_path: str | None) -> None:
+        super().__init__(logging.WARNING)
+        self.input_path = os.fspath(input_path) if input_path else None
+        self.notices: dict[str, None] = {}  # insertion-ordered set of lines
+        self.saved: list[tuple[logging.Logger, bool]] = []
+
+    def install(self) -> None:
+        """Catch the libraries' records (not passed on to the root logger) and warnings."""
+        import warnings
+
+        for name in _LIBRARIES:
+            logger = logging.getLogger(name)
+            self.saved.append((logger, logger.propagate))
+            logger.addHandler(self)
+            logger.propagate = False
+        warnings.showwarning = self.showwarning
+
+    def uninstall(self) -> None:
+        import warnings
+
+        warnings.showwarning = _one_line_warning
+        for logger, propagate in self.saved:
+            logger.removeHandler(self)
+            logger.propagate = propagate
+        self.saved = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.add(record.getMessage())
+
+    def showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if _library_of(filename) is None:
+            _one_line_warning(message, category, filename, lineno, file, line)
+        else:
+            self.add(str(message))
+
+    def add(self, text: str) -> None:
+        text = " ".join(text.split())
+        text = re.sub(r" ?Please see <[^>]*>.*$", "", text)  # pydicom's pointer to the standard
+        path = next((p for p in re.findall(r"(?:in file |^)(\S+)", text)
+                     if os.path.isfile(p)), None) or self.input_path
+        if path:
+            text = text.replace(f" in file {path}", "")
+        self.notices[f"warning: {path}: {text}" if path else f"warning: {text}"] = None
+
+    def report(self) -> None:
+        """After a command that went on to the end: each remark once."""
+        for line in self.notices:
+            click.echo(line, err=True)
 
 
 class SkippedFiles:
@@ -114,6 +194,9 @@ class ProgressBar:
             self.bar = None
 
 
+_INPUT_OPTIONS = ("input_path", "data_root", "mri_dir", "ct_dir")  # what a remark is about
+
+
 def user_errors(command):
     """Turn VAEGANError (and an unwritable output) into one line and exit code 2."""
 
@@ -123,12 +206,12 @@ def user_errors(command):
 
         if os.environ.get("KERAS_VAEGAN_DEBUG") == "1":
             return command(*args, **kwargs)
-        import warnings
-
-        warnings.showwarning = _one_line_warning
-        _import_backends()
+        library = LibraryWarnings(next((kwargs[k] for k in _INPUT_OPTIONS if kwargs.get(k)),
+                                       None))
+        library.install()
         try:
-            return command(*args, **kwargs)
+            _import_backends()
+            result = command(*args, **kwargs)
         except VAEGANError as err:
             _fail(str(err))
         except PermissionError as err:
@@ -136,6 +219,10 @@ def user_errors(command):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:
+            library.uninstall()
+        library.report()
+        return result
 
     return wrapper
 

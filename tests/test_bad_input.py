@@ -600,3 +600,67 @@ def test_skip_bad_with_only_bad_voxels_writes_nothing(corpus, run, tmp_path):
     with pytest.raises(VAEGANError, match="every image file was bad"):
         predict(folder, tmp_path / "out", run=run, progress=True, on_bad=skipped.append)
     assert len(skipped) == 2 and not os.path.exists(tmp_path / "out" / "overview.png")
+
+
+# --- library warnings: the error line alone (issue 25 item 12) -------------------------------
+
+
+def _only_line(result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name, direction, reason", [
+    ("emri_small_jpeg_2k_lossless_too_short.dcm", "mri2ct", "not a complete DICOM image"),
+    ("bad_sequence.dcm", "mri2ct", "Modality is CT, expected MR here"),
+])
+def test_cli_pydicom_warning_before_an_error_is_not_printed(cli_setup, tmp_path, name, direction,
+                                                            reason):
+    """pydicom warns (a cut-short file, an invalid UID) about the file it then fails on: the user
+    sees exactly one line, the error, not pydicom's text before it."""
+    scan = tmp_path / name
+    shutil.copy(get_testdata_file(name), scan)
+    result = cli("predict", "--input", scan, "--output", tmp_path / "out", "--model",
+                 cli_setup / "run", "--direction", direction)
+    assert result.returncode == 2, result.stderr
+    line = _only_line(result)
+    assert line.startswith(f"error: {scan}: ") and reason in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_pydicom_warning_on_a_file_that_fails_later_is_not_printed(cli_setup, tmp_path):
+    """bad_sequence.dcm read as a CT: pydicom warns about its invalid UIDs, then its JPEG
+    Lossless pixels cannot be decoded here: no 'warning:' line, the error line last."""
+    scan = tmp_path / "bad_sequence.dcm"
+    shutil.copy(get_testdata_file("bad_sequence.dcm"), scan)
+    result = cli("predict", "--input", scan, "--output", tmp_path / "out", "--model",
+                 cli_setup / "run", "--direction", "ct2mri")
+    assert_one_error_line(result, str(scan))
+    # the progress bar's label may precede the error; nothing a library said may
+    others = [line for line in result.stderr.splitlines()[:-1]
+              if not line.startswith("predict ct2mri")]
+    assert others == [], result.stderr
+    assert "VR UI" not in result.stderr and "Please see" not in result.stderr
+
+
+def test_cli_pydicom_warning_on_a_translated_file_follows_as_one_line(cli_setup, tmp_path):
+    """A scan pydicom warns about but that translates: one ``warning: <path>: <reason>`` line
+    after the result, without pydicom's pointer to the standard."""
+    import warnings
+
+    import pydicom
+
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    scan = tmp_path / "mr_bad_uid.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset.SeriesInstanceUID = "not-a-uid_x"
+        dataset.save_as(scan)
+    result = cli("predict", "--input", scan, "--output", tmp_path / "out", "--model",
+                 cli_setup / "run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == f"warning: {scan}: Invalid value for VR UI: 'not-a-uid_x'.", result.stderr
+    assert sum(line.startswith("warning:") for line in lines) == 1, result.stderr
+    assert "Please see" not in result.stderr

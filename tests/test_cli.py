@@ -100,3 +100,51 @@ def test_help_explains_every_command():
         assert command in result.stdout
         sub = cli(command, "--help")
         assert sub.returncode == 0 and "--" in sub.stdout
+
+
+def test_library_warnings_are_held_back_and_reported_once_each_as_path_and_reason(
+        tmp_path, capsys):
+    """pydicom/nibabel/PIL log records and warnings: nothing printed as they come, one line each
+    after the result; our own warnings (they name their file) still print at once."""
+    import logging
+    import warnings
+
+    import pydicom
+
+    from keras_vaegan.cli import LibraryWarnings
+
+    scan = tmp_path / "scan.dcm"
+    scan.write_bytes(b"")
+    root_seen = []
+
+    class Root(logging.Handler):
+        def emit(self, record):
+            root_seen.append(record.getMessage())
+
+    root = Root()
+    logging.getLogger().addHandler(root)
+    library = LibraryWarnings(str(tmp_path))
+    library.install()
+    try:
+        logging.getLogger("pydicom").warning("End of file reached in file %s", scan)
+        logging.getLogger("nibabel").warning("pixdim[0] (qfac) should be 1   (default) or -1")
+        logging.getLogger("nibabel").warning("pixdim[0] (qfac) should be 1 (default) or -1")
+        logging.getLogger("pydicom").info("not a warning: not shown")
+        warnings.warn_explicit("Invalid value for VR UI: '1.2.x'. Please see <https://dicom.nema"
+                               ".org/x.html> for allowed values for each VR.", UserWarning,
+                               os.path.join(os.path.dirname(pydicom.__file__), "valuerep.py"), 1)
+        warnings.warn_explicit(f"{scan}: colour image (RGB) converted to greyscale luminance",
+                               UserWarning, __file__, 1)
+        held = capsys.readouterr().err
+    finally:
+        library.uninstall()
+        logging.getLogger().removeHandler(root)
+    assert held == f"warning: {scan}: colour image (RGB) converted to greyscale luminance\n"
+    assert root_seen == []  # not passed on to handlers that print raw text (absl's)
+    assert logging.getLogger("pydicom").propagate and logging.getLogger("nibabel").propagate
+    library.report()
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {scan}: End of file reached",
+        f"warning: {tmp_path}: pixdim[0] (qfac) should be 1 (default) or -1",
+        f"warning: {tmp_path}: Invalid value for VR UI: '1.2.x'.",
+    ]
