@@ -46,6 +46,7 @@ import tempfile
 
 from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import durable_rename
 
 FORMATS = ("savedmodel", "onnx")
 SIGNATURES = {"serving_default": "mri2ct", "ct2mri": "ct2mri"}
@@ -109,7 +110,7 @@ def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
         _write_info(staging, run, int(samples), fmt)
         _open_permissions(staging)
         _refuse_existing(final)  # another export may have taken it meanwhile
-        os.rename(staging, final)
+        durable_rename(staging, final)  # every file flushed, then the rename, then the folder
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
