@@ -163,11 +163,15 @@ def test_dicom_series_written_back_reads_the_same_hu(tmp_path):
     assert len({str(d.SeriesInstanceUID) for d in datasets}) == 1
     source_uid = str(volume.dicom_slices[0].dataset.SeriesInstanceUID)
     assert str(datasets[0].SeriesInstanceUID) != source_uid
-    # an uncertainty map keeps sub-HU precision through a power-of-two slope
+    # an uncertainty map keeps sub-HU precision (float32 frames of a Parametric Map, one
+    # per input slice) and is not an image of the patient: it does not read back as a CT
     std = np.full(volume.voxels.shape, 3.21, np.float32)
     volumes.write_volume(str(tmp_path / "std"), volume, std, "ct", role="std")
-    back = volumes.read_volume(tmp_path / "std", "ct")
-    np.testing.assert_allclose(back.voxels, std, atol=1e-3)
+    (spread,) = [pydicom.dcmread(tmp_path / "std" / name) for name in os.listdir(tmp_path / "std")]
+    assert spread.SOPClassUID == pydicom.uid.ParametricMapStorage
+    np.testing.assert_allclose(spread.pixel_array, volume.to_file_order(std), atol=1e-3)
+    with pytest.raises(VAEGANError, match="not CT images"), pytest.warns(UserWarning):
+        volumes.read_volume(tmp_path / "std", "ct")
     # writing again replaces the earlier series folder whole
     volumes.write_volume(str(tmp_path / "out"), volume, hu, "ct")
     assert len(os.listdir(tmp_path / "out")) == 3

@@ -116,7 +116,7 @@ class Volume:
     spacing_mm: tuple[float, float, float]  # canonical (slice, row, col) voxel size
     modality: str  # "mri" | "ct"
     nifti_image: object | None = None  # nibabel image: header, affine, codes
-    dicom_slices: list | None = None  # dicom.DicomSlice per file slice, in file order
+    dicom_slices: list | None = None  # dicom_geometry.DicomSlice per file slice, in file order
 
     def to_file_order(self, canonical: np.ndarray) -> np.ndarray:
         """An array shaped like ``voxels`` -> the file's array order and shape."""

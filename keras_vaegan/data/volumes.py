@@ -4,7 +4,7 @@
 volumes on disk (``FoundVolume``: a NIfTI file, or one DICOM series: files
 grouped by SeriesInstanceUID); ``read_volume`` reads one, ``write_volume``
 writes a result on its grid. pydicom and nibabel are the ``[medical]``
-extra, imported only in ``dicom`` and ``nifti``.
+extra, imported only in the ``dicom_*`` modules, ``parametric_map`` and ``nifti``.
 """
 
 
@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from keras_vaegan.data import dicom, nifti, readers
+from keras_vaegan.data import dicom_read, dicom_write, nifti, parametric_map, readers
 from keras_vaegan.data.units import normalise_modality
 from keras_vaegan.data.volume import FoundVolume, Volume
 from keras_vaegan.errors import VAEGANError
@@ -51,8 +51,8 @@ def find_inputs(root: str | os.PathLike, modality: str | None = None,
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
     if dicoms:
-        found.extend(dicom.group_series(dicoms, single=os.path.isfile(root),
-                                          modality=modality, on_bad=on_bad))
+        found.extend(dicom_read.group_series(dicoms, single=os.path.isfile(root),
+                                             modality=modality, on_bad=on_bad))
     if not slices and not found:
         if on_bad is not None and (niftis or dicoms):
             raise VAEGANError(root, "no readable images (every image file was bad)")
@@ -81,14 +81,15 @@ def read_volume(volume: FoundVolume | str | os.PathLike, modality: str) -> Volum
         volume = found[0]
     if volume.kind == "nifti":
         return nifti.read_nifti(volume.files[0], modality)
-    return dicom.read_series(volume, modality)
+    return dicom_read.read_series(volume, modality)
 
 
 def write_volume(path: str, volume: Volume, voxels: np.ndarray, modality: str, role: str = "mean",
                  study_uid: str | None = None, description: str | None = None) -> list[str]:
     """Write ``voxels`` (canonical, output units) on ``volume``'s grid, in its format.
 
-    NIfTI: a file at ``path``; DICOM: a series folder at ``path``.
+    NIfTI: a file at ``path``; DICOM: a series folder at ``path`` (for
+    'std', a folder holding one Parametric Map, not a CT/MR series).
     ``modality`` is what the voxels are ('ct' in HU, or 'mri'); ``role`` is
     'mean' or 'std' (an uncertainty map, in the same units). Returns the
     files written.
@@ -97,7 +98,18 @@ def write_volume(path: str, volume: Volume, voxels: np.ndarray, modality: str, r
     if volume.kind == "nifti":
         nifti.write_nifti(path, volume, voxels, modality, role, description)
         return [path]
-    return dicom.write_series(path, volume, voxels, modality, role, study_uid, description)
+    return dicom_write.write_series(path, volume, voxels, modality, role, study_uid, description)
+
+
+def check_std_writable(found: FoundVolume) -> None:
+    """Refuse, before anything is written, an uncertainty map this input cannot get.
+
+    A DICOM input's map is a Parametric Map: it needs highdicom (the
+    ``[medical]`` extra) and the input's frame of reference and slice
+    positions. A NIfTI input's ``_std`` file can always be written.
+    """
+    if found.kind == "dicom":
+        parametric_map.check_writable(found)
 
 
 def input_names(root: str, slices: list[str], found: list[FoundVolume]) -> dict:
