@@ -1,0 +1,326 @@
+"""Write the result tables of the docs from benchmarks/results/*.json, so they cannot disagree.
+
+Each table in README.md, benchmarks/RESULTS.md and benchmarks/README.md sits between
+``<!-- table:NAME -->`` and ``<!-- /table -->``; this script rewrites what is between
+from the JSON files. Which runs a table shows, in which order and under which label is
+written here (a label is prose); every figure comes from the JSON.
+
+    python benchmarks/tables.py            # rewrite the tables in place
+    python benchmarks/tables.py --check    # exit 1 when a document's table differs from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = ("README.md", "benchmarks/RESULTS.md", "benchmarks/README.md")
+MARKED = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+class Results:
+    """The JSON files of one results folder, read once each."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._cache: dict[str, dict] = {}
+
+    def __call__(self, name: str) -> dict:
+        if name not in self._cache:
+            path = self.folder / f"{name}.json"
+            if not path.exists():
+                raise SystemExit(f"error: {path}: no such results file (named by a table)")
+            self._cache[name] = json.loads(path.read_text(encoding="utf-8"))
+        return self._cache[name]
+
+    def variant(self, name: str, variant: str) -> tuple[dict, dict]:
+        result = self(f"quality-{name}")
+        if variant not in result["variants"]:
+            raise SystemExit(f"error: {self.folder / f'quality-{name}.json'}: no variant {variant}")
+        return result, result["variants"][variant]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _two_places(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+# ---- quality: one row per (results file, variant) ----
+
+QUALITY_HEADER = ["run", "seed", "steps", "MRI -> CT MAE (HU)", "PSNR (dB)", "SSIM",
+                  "CT -> MRI MAE (units)", "std vs error (Spearman)", "lookup-table floor (HU)",
+                  "minutes"]
+
+
+def quality_rows(results: Results, rows: list[tuple[str, str, str]]) -> str:
+    """The full quality table: rows are (file name after 'quality-', variant, label)."""
+    out = []
+    for name, variant, label in rows:
+        result, v = results.variant(name, variant)
+        m = v["mri2ct"]
+        out.append([label, str(result["seed"]), str(result["steps"]), f"{m['mae_hu']:.0f}",
+                    f"{m['psnr_db']:.1f}", f"{m['ssim']:.2f}", f"{v['ct2mri_mae_units']:.2f}",
+                    _two_places(v["uncertainty_spearman"]),
+                    f"{result['lookup_table_floor_mae_hu']:.0f}", f"{v['train_minutes']:.1f}"])
+    return _markdown(QUALITY_HEADER, out)
+
+
+def quality_short(results: Results, rows: list[tuple[str, str, str]]) -> str:
+    """MAE, PSNR and SSIM only (the README's summary)."""
+    out = []
+    for name, variant, label in rows:
+        result, v = results.variant(name, variant)
+        m = v["mri2ct"]
+        out.append([label, str(result["seed"]), str(result["steps"]), f"{m['mae_hu']:.0f}",
+                    f"{m['psnr_db']:.1f}", f"{m['ssim']:.2f}"])
+    return _markdown(["run", "seed", "steps", "MRI -> CT MAE (HU)", "PSNR (dB)", "SSIM"], out)
+
+
+TISSUES = (("air", "air (< -300 HU)"), ("soft", "soft tissue (-300..300 HU)"),
+           ("bone", "bone (> 300 HU)"), ("soft_interior", "soft tissue >= 3 px from air and bone"))
+
+
+def _tissue_cell(results: Results, kind: str, runs: list[tuple[str, str]], tissue: str) -> str:
+    cells = []
+    for name, variant in runs:
+        t = results.variant(name, variant)[1]["mri2ct_by_tissue"][tissue]
+        cells.append({"mae_bias": f"{t['mae_hu']:.0f} / {t['signed_hu']:+.0f}",
+                      "voxels": f"{t['voxels']:,}",
+                      "share": f"{100 * t['share']:.0f} %"}[kind])
+    return ", ".join(cells)
+
+
+def tissue_columns(results: Results, first: str,
+                   columns: list[tuple[str, str, list[tuple[str, str]]]]) -> str:
+    """MRI -> CT error by CT class: columns are (header, mae_bias|voxels|share, runs)."""
+    rows = [[label] + [_tissue_cell(results, kind, runs, tissue) for _, kind, runs in columns]
+            for tissue, label in TISSUES]
+    return _markdown([first] + [header for header, _, _ in columns], rows)
+
+
+def anatomy_floor(results: Results, seeds: list[tuple[str, str]]) -> str:
+    """The phantom's anatomy floor (exact, and blurred where the file has it) per seed."""
+    found = [results(f"quality-{name}") for name, _ in seeds]
+    rows = [["exact"] + [f"{r['anatomy_floor_mae_hu']:.0f}" for r in found]]
+    for sigma in ("0.5", "1.0"):
+        cells = [r.get("anatomy_floor_blurred_mae_hu", {}).get(sigma) for r in found]
+        rows.append([f"blurred, sigma {sigma} px"] + ["n/a" if c is None else f"{c:.0f}" for c in cells])
+    return _markdown(["anatomy floor"] + [f"{label} (HU)" for _, label in seeds], rows)
+
+
+# ---- speed: every figure with the command that reproduces it ----
+
+def _train_command(r: dict) -> str:
+    precision = {"float32": "off", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[r["policy"]]
+    command = (f"KERAS_BACKEND={r['backend']} python benchmarks/bench_train.py --image-size "
+               f"{r['image_size']} --batch-size {r['batch_size']} --steps {r['steps']} "
+               f"--mixed-precision {precision}")
+    if r["jit_compile"] and r["backend"] == "tensorflow":
+        command += " --jit-compile"
+    if r.get("augment_resampling", "bilinear") != "bilinear":
+        command += f" --augment-resampling {r['augment_resampling']}"
+    return f"`{command}`"
+
+
+def training_speed(results: Results, names: list[str]) -> str:
+    rows = []
+    for name in names:
+        r = results(f"train-{name}")
+        rows.append([r["backend"], r["policy"] + (", XLA" if r["jit_compile"] and r["backend"] == "tensorflow" else ""),
+                     f"{r['image_size']}x{r['image_size']}", str(r["batch_size"]),
+                     f"{r['images_per_s']:.2f}", f"{r['achieved_gflops']:.0f}",
+                     f"{100 * r['fraction_of_peak']:.0f} %", f"{100 * r['input_wait_fraction']:.0f} %",
+                     f"{r['parameters'] / 1e6:.1f} M", f"{r['flops_per_image'] / 1e9:.0f}",
+                     _train_command(r)])
+    return _markdown(["backend", "precision", "crop", "batch", "images/s", "GFLOP/s",
+                      "of peak", "input wait", "parameters", "GFLOP/image", "reproduce"], rows)
+
+
+def peak_speed(results: Results, names: list[str]) -> str:
+    rows = []
+    for name in names:
+        r = results(f"peak-{name}")
+        command = (f"`KERAS_BACKEND={r['backend']} python benchmarks/bench_peak.py --image-size "
+                   f"{r['image_size']} --batch-size {r['batch_size']} --steps {r['repeats']}`")
+        rows.append([r["backend"], f"{r['matmul_float32_gflops']:.0f} / {r['conv_float32_gflops']:.0f}",
+                     f"{r['matmul_bfloat16_gflops']:.0f} / {r['conv_bfloat16_gflops']:.0f}", command])
+    return _markdown(["backend", "float32 GFLOP/s (matmul / conv)",
+                      "bfloat16 GFLOP/s (matmul / conv)", "reproduce"], rows)
+
+
+def predict_speed(results: Results, names: list[str]) -> str:
+    rows = []
+    for name in names:
+        r = results(f"predict-{name}")
+        size, _, slices = r["volume"]
+        precision = {"float32": "off", "mixed_bfloat16": "bfloat16"}[r["policy"]]
+        command = (f"`KERAS_BACKEND={r['backend']} python benchmarks/bench_predict.py --image-size {size} "
+                   f"--slices {slices} --batch-size {r['batch_size']} --mixed-precision {precision}`")
+        volume = "x".join(str(n) for n in r["volume"])
+        for way, key in (("`predict` in process", "in_process"), ("SavedModel", "savedmodel")):
+            rows.append([volume, r["policy"], way, f"{r[key + '_seconds']:.1f}",
+                         f"{r[key + '_slices_per_s']:.1f}", f"{r[key + '_peak_rss_mb'] / 1000:.1f}",
+                         command])
+    return _markdown(["volume", "precision", "how", "seconds", "slices/s", "peak RSS (GB)",
+                      "reproduce"], rows)
+
+
+# ---- which runs each table shows ----
+
+DEFAULTS = [("tune-ld2-struct1-seed0", "full", "**defaults**"),
+            ("tune-ld2-struct1-seed1", "full", "**defaults**")]
+PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
+BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
+
+
+def _tissue_pairs(before: str, after: str, runs: list[tuple[str, str, str]]) -> list:
+    """Columns 'before, seed S' and 'after, seed S' for each (seed, before run, after run)."""
+    columns = []
+    for seed, old, new in runs:
+        columns += [(f"{before}, seed {seed}", "mae_bias", [(old, "full")]),
+                    (f"{after}, seed {seed}", "mae_bias", [(new, "full")])]
+    return columns
+
+
+TABLES = {
+    "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
+    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
+        ("ablate-ld2-seed0", "no_kl", "no_kl (deterministic latent)"),
+        ("ablate-ld2-seed0", "single_head", "single_head (one discriminator head)"),
+        ("ablate-ld2-seed1", "single_head", "single_head (one discriminator head)"),
+        ("ablate-ld2-seed0", "no_augment", "no_augment"),
+        ("ablate-ld2-seed0", "copies", "copies (one fixed augmented copy per sample)"),
+        ("tune-ld1-seed0", "full", "latent 1/1 (no stride)"),
+        ("tune-ld1-seed1", "full", "latent 1/1 (no stride)"),
+        ("long4000-ld2-seed0", "full", "defaults, long"),
+        ("subjects96-seed0", "full", "defaults, 96 training subjects"),
+        ("subjects96-long-seed0", "full", "defaults, 96 training subjects, long"),
+        ("s20-lanczos-seed0", "full", "augment_resampling lanczos"),
+        PAIRED]),
+    "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
+        ("defaults", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
+        ("no_kl", "mae_bias", [("ablate-ld2-seed0", "no_kl")]),
+        ("single_head", "mae_bias", [("ablate-ld2-seed0", "single_head")]),
+        ("latent 1/1", "mae_bias", [("tune-ld1-seed0", "full")]),
+        ("long (4,000)", "mae_bias", [("long4000-ld2-seed0", "full")]),
+        ("paired reference", "mae_bias", [("reference-seed0", "paired")])]),
+    "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
+                                                 ("ablate-ld2-seed1", "seed 1")]),
+    "history-identity": lambda r: quality_rows(r, [
+        ("phantom64-seed0", v, v) for v in ("full", "no_kl", "single_head", "no_augment", "copies")]
+        + [("phantom64-seed1", "full", "full")]),
+    "history-noid": lambda r: quality_rows(r, [
+        (name, "full", "full + lambda_identity=0") for name, _ in BEFORE_STRUCTURE]),
+    "history-noid-ablations": lambda r: quality_rows(r, [
+        ("tune-noid-seed0", v, f"{v} + lambda_identity=0")
+        for v in ("full", "no_kl", "single_head", "no_augment", "copies")]),
+    "history-noid-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
+        (v, "mae_bias", [("tune-noid-seed0", v)])
+        for v in ("full", "no_kl", "single_head", "no_augment", "copies")]),
+    "history-beta": lambda r: quality_rows(r, [
+        (f"tune-beta1e4-seed{s}", "full", "full + lambda_identity=0 beta_kl=0.0001") for s in (0, 1)]),
+    "history-beta-tissue": lambda r: tissue_columns(r, "CT class: MAE / bias (HU)", _tissue_pairs(
+        "defaults", "beta_kl 1e-4", [(s, f"tune-noid-seed{s}", f"tune-beta1e4-seed{s}") for s in (0, 1)])),
+    "history-tuning": lambda r: quality_rows(r, [
+        ("tune-heads5-seed0", "full", "full + disc_heads=5"),
+        ("tune-ld2-seed0", "full", "full + latent_downsample=2"),
+        ("tune-skip-seed0", "full", "full + skip_connections=true"),
+        ("tune-aug-seed0", "full", "full + rotation_deg=15 zoom=0.2 translation=0.1"),
+        ("tune-aug-seed1", "full", "full + rotation_deg=15 zoom=0.2 translation=0.1"),
+        ("tune-ema-seed0", "full", "full + ema_momentum=0.995 (float32, other CPU)")]),
+    "history-res6": lambda r: quality_rows(r, [
+        (f"tune-res6-seed{s}", "full", "full + gen_res_blocks=6") for s in (0, 1)]),
+    "history-res6-tissue": lambda r: tissue_columns(r, "CT class: MAE / bias (HU)", _tissue_pairs(
+        "defaults", "6 blocks", [(s, f"tune-noid-seed{s}", f"tune-res6-seed{s}") for s in (0, 1)])),
+    "history-struct1": lambda r: quality_rows(r, [
+        (f"tune-struct1-seed{s}", "full", "full + lambda_structure=1") for s in (0, 1)]),
+    "history-struct1-tissue": lambda r: tissue_columns(r, "CT class: MAE / bias (HU)", _tissue_pairs(
+        "before", "structure", [(s, f"tune-noid-seed{s}", f"tune-struct1-seed{s}") for s in (0, 1)])),
+    "history-latent": lambda r: quality_rows(r, [
+        (f"tune-ld2-struct1-seed{s}", "full", "latent_downsample=2") for s in (0, 1)] + [
+        (f"tune-struct3-seed{s}", "full", "lambda_structure=3") for s in (0, 1)] + [
+        (f"tune-ld2-struct3-seed{s}", "full", "latent_downsample=2 + lambda_structure=3")
+        for s in (0, 1)] + [
+        ("tune-noresample-seed0", "full", "rotation 0, zoom 0, shift 0")]),
+    "history-latent-tissue": lambda r: tissue_columns(
+        r, "CT class: MAE / bias (HU), seed 0, seed 1", [
+            (label, "mae_bias", [(f"{name}-seed{s}", "full") for s in (0, 1)])
+            for label, name in (("structure 1 (before)", "tune-struct1"),
+                                ("latent 1/2", "tune-ld2-struct1"),
+                                ("structure 3", "tune-struct3"), ("both", "tune-ld2-struct3"))]),
+    "history-long": lambda r: quality_rows(r, [
+        ("tune-noid-seed0", "full", "defaults of the time (2,000 steps)"),
+        ("long4000-seed0", "full", "the same, 4,000 steps")]),
+    "history-error-by-class": lambda r: tissue_columns(r, "CT class", [
+        ("voxels", "voxels", [("tune-noid-seed0", "full")]),
+        ("MAE / bias (HU): ema_momentum, identity off", "mae_bias",
+         [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")]),
+        ("share of all error", "share", [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")])]),
+    "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
+    "speed-train": lambda r: training_speed(r, [
+        "tensorflow-float32-128px-b4", "tensorflow-mixed_bfloat16-128px-b4",
+        "tensorflow-mixed_bfloat16-128px-b1", "tensorflow-mixed_bfloat16-256px-b4",
+        "tensorflow-mixed_bfloat16-256px-b1", "tensorflow-float32-128px-b4-xla",
+        "jax-mixed_bfloat16-128px-b4", "torch-mixed_bfloat16-128px-b4",
+        "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos"]),
+    "speed-predict": lambda r: predict_speed(r, ["tensorflow-mixed_bfloat16-256px"]),
+}
+
+
+def render(text: str, results: Results, source: str) -> str:
+    """The document with every marked table rewritten from the results."""
+    def table(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"error: {source}: unknown table {name} (known: {', '.join(TABLES)})")
+        return match.group(1) + TABLES[name](results) + match.group(4)
+
+    return MARKED.sub(table, text)
+
+
+def differing_tables(old: str, new: str) -> list[str]:
+    olds = {m.start(): (m["name"], m["body"]) for m in MARKED.finditer(old)}
+    news = [m["body"] for m in MARKED.finditer(new)]
+    return [name for (name, body), fresh in zip(olds.values(), news) if body != fresh]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 when a table differs from the JSON")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="repository root holding the documents and benchmarks/results")
+    args = parser.parse_args(argv)
+    results = Results(args.root / "benchmarks" / "results")
+    stale = []
+    for document in DOCUMENTS:
+        path = args.root / document
+        old = path.read_text(encoding="utf-8")
+        new = render(old, results, document)
+        if new == old:
+            continue
+        if args.check:
+            stale += [f"{document}: table {name} differs from benchmarks/results"
+                      for name in differing_tables(old, new)]
+        else:
+            path.write_text(new, encoding="utf-8")
+            print(f"rewrote the tables of {document}")
+    for line in stale:
+        print(line, file=sys.stderr)
+    if stale:
+        print("run: python benchmarks/tables.py", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
