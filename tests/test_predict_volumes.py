@@ -92,7 +92,7 @@ def test_mr_small_becomes_a_valid_synthetic_ct_series(tmp_path, run):
                 "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
                 "FrameOfReferenceUID", "InstanceNumber"):
         assert ct.get(tag) == source.get(tag), tag
-    assert list(ct.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(ct.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]  # value 3: CT Image IOD
     assert "synthetic CT" in ct.SeriesDescription and "not for diagnosis" in ct.SeriesDescription
     assert "not for diagnosis" in ct.ImageComments
     assert (ct.BitsAllocated, ct.BitsStored, ct.HighBit, ct.PixelRepresentation) == (16, 16, 15, 1)
@@ -155,14 +155,19 @@ def test_samples_write_std_volumes_on_the_same_grid(tmp_path, run):
     out = tmp_path / "out"
     written = predict(tmp_path / "series", out, run=run, samples=3, progress=False)
     assert sorted(os.listdir(out)) == ["overview.png", "series", "series_std"]
-    assert len(written) == 7
+    assert len(written) == 5  # three CT slices, one Parametric Map (never a CT), the overview
     mean, std = read_series(out / "series"), read_series(out / "series_std")
     assert len({d.StudyInstanceUID for d in mean + std}) == 1  # one new study, two series
-    assert mean[0].SeriesInstanceUID != std[0].SeriesInstanceUID
-    for m, s in zip(mean, std):
-        assert m.ImagePositionPatient == s.ImagePositionPatient
-        assert "std" in s.SeriesDescription
-    values = np.stack([apply_modality_lut(d.pixel_array, d) for d in std])
+    (spread,) = std
+    assert spread.SOPClassUID == pydicom.uid.ParametricMapStorage
+    assert mean[0].SeriesInstanceUID != spread.SeriesInstanceUID
+    frames = [f.PlanePositionSequence[0].ImagePositionPatient
+              for f in spread.PerFrameFunctionalGroupsSequence]
+    np.testing.assert_allclose(sorted(np.array(frames, float).tolist()),
+                               sorted(np.array([m.ImagePositionPatient for m in mean],
+                                               float).tolist()))
+    assert "std" in spread.SeriesDescription
+    values = spread.pixel_array
     assert (values >= 0).all() and values.mean() > 0
     # NIfTI: *_std.nii.gz beside the mean, same affine; positive spread
     predict(ANATOMICAL, tmp_path / "nii", run=run, samples=2, progress=False)

@@ -7,8 +7,8 @@ as one multi-frame Parametric Map object (Modality RWV, its own SOP class)
 with float32 values, a Real World Value Mapping that says what they are
 (quantity: standard deviation; unit: HU for a synthetic CT, arbitrary
 units for a synthetic MR), the input's geometry per frame (plane position,
-orientation, pixel measures: the map lies on the input's grid, frame ``k``
-on input slice ``k``) and references to the source images. It belongs to
+orientation, pixel measures: the map lies on the input's grid, each frame
+at the position of the input slice it belongs to) and references to the source images. It belongs to
 the new study of the synthetic series (the source images' study is
 referenced as another study). highdicom writes it (the ``[medical]``
 extra); without it, writing a map is refused before anything is written
