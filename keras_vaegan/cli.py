@@ -18,6 +18,7 @@ import sys
 import click
 
 from keras_vaegan.config import MIXED_PRECISION, STRATEGIES
+from keras_vaegan.inference.metrics import DEFAULT_SSIM, SSIM_MODES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -354,9 +355,10 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
 @click.option("--prediction", "prediction_path", type=click.Path(), help="Synthetic CT already made (HU), instead of --input and a model.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results to this JSON file.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
+@click.option("--ssim", "ssim_mode", type=click.Choice(SSIM_MODES), default=DEFAULT_SSIM, show_default=True, help="synthrad: the SynthRAD challenge's 3-D SSIM (7-voxel uniform window, scikit-image's computation), comparable with published sCT results; 2d: gaussian SSIM per axial slice (this tool's earlier numbers).")
 @user_errors
 def evaluate(input_path, reference_path, mask_path, model_path, prediction_path, json_path,
-             batch_size):
+             batch_size, ssim_mode):
     """Score synthetic CT against reference CT: MAE (HU), PSNR, SSIM within a mask (SynthRAD)."""
     from keras_vaegan.errors import VAEGANError
     from keras_vaegan.inference.evaluate import evaluate as run_evaluate
@@ -364,9 +366,13 @@ def evaluate(input_path, reference_path, mask_path, model_path, prediction_path,
 
     if prediction_path and model_path:
         raise VAEGANError(None, "--model translates --input; with --prediction no model is used")
-    results = run_evaluate(input_path, reference_path, mask_path=mask_path, run=model_path,
-                           prediction_path=prediction_path, json_path=json_path,
-                           batch_size=batch_size, progress=True)
+    bar = ProgressBar("evaluate")
+    try:
+        results = run_evaluate(input_path, reference_path, mask_path=mask_path, run=model_path,
+                               prediction_path=prediction_path, json_path=json_path,
+                               batch_size=batch_size, progress=bar, ssim_mode=ssim_mode)
+    finally:
+        bar.close()
     click.echo(format_table(results))
     if json_path:
         click.echo(f"wrote {json_path}")
