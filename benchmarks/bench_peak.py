@@ -1,7 +1,11 @@
 """The machine's achieved GFLOP/s: a large matmul and a representative Conv2D.
 
 Median of repeated runs, float32 and bfloat16, on the backend of
-KERAS_BACKEND. bench_train.py divides its achieved GFLOP/s by these.
+KERAS_BACKEND. The results/peak-<backend>.json this writes is a record of
+one machine, never an input: bench_train.py and bench_predict.py call
+``conv_peak`` themselves, in the same run and the precision they ran in,
+because a peak measured on another CPU (AVX-512 against AVX2, say) makes a
+fraction of it meaningless.
 
     python benchmarks/bench_peak.py [--image-size 128] [--batch-size 4] [--steps 10]
 """
@@ -42,6 +46,42 @@ def conv_gflops(dtype: str, side: int, batch: int, channels: int, repeats: int) 
     return flops / common.median_seconds(run, repeats) / 1e9
 
 
+PEAK_CHANNELS = 128  # the generator's residual blocks: 4 * gen_filters channels
+# Below 32 x 32 (batch 4) a conv call is bound by its overhead, not by arithmetic: measured on
+# a 2-core EPYC, 16 x 16 gave 22 GFLOP/s where 32 and 64 gave 34-36, less than the training
+# step itself achieved. A peak must be an upper bound, so small images are measured at 32.
+MIN_PEAK_SIDE = 32
+
+
+def compute_dtype(policy: str) -> str:
+    """The dtype a Keras dtype policy (``float32``, ``mixed_bfloat16``...) computes in."""
+    import keras
+
+    return keras.DTypePolicy(policy).compute_dtype
+
+
+def conv_peak(policy: str, image_size: int, batch_size: int, repeats: int = 5) -> dict:
+    """This machine's 3x3 conv GFLOP/s now, in ``policy``'s compute precision: measured here.
+
+    The generator's residual blocks at 1/4 resolution are the shape (at least
+    MIN_PEAK_SIDE). Returns the figure with what it was measured on, to be
+    stored beside a fraction.
+    """
+    dtype = compute_dtype(policy)
+    side = max(MIN_PEAK_SIDE, image_size // 4)
+    gflops = conv_gflops(dtype, side, batch_size, PEAK_CHANNELS, repeats)
+    return {"peak_gflops": gflops, "peak_dtype": dtype,
+            "peak_shape": f"3x3 conv {PEAK_CHANNELS}->{PEAK_CHANNELS} channels, "
+                          f"{side}x{side}, batch {batch_size}, median of {repeats}"}
+
+
+def fraction_of_peak(achieved_gflops: float, peak: dict) -> dict:
+    """Report fields: the peak measured in this run (rounded) and achieved / peak."""
+    return {"peak_gflops": round(peak["peak_gflops"], 1), "peak_dtype": peak["peak_dtype"],
+            "peak_shape": peak["peak_shape"],
+            "fraction_of_peak": round(achieved_gflops / peak["peak_gflops"], 3)}
+
+
 def main() -> None:
     args = common.parser(__doc__, steps=10).parse_args()
     result = {"benchmark": "peak", **common.machine(), "image_size": args.image_size,
@@ -50,7 +90,7 @@ def main() -> None:
         result[f"matmul_{dtype}_gflops"] = round(matmul_gflops(dtype, 2048, args.steps), 1)
         # The generator's residual blocks: 3x3, 4 * gen_filters channels at 1/4 resolution.
         result[f"conv_{dtype}_gflops"] = round(
-            conv_gflops(dtype, args.image_size // 4, args.batch_size, 128, args.steps), 1)
+            conv_gflops(dtype, args.image_size // 4, args.batch_size, PEAK_CHANNELS, args.steps), 1)
     common.write_result(f"peak-{result['backend']}", result)
 
 

@@ -4,7 +4,10 @@ Makes a NIfTI MRI volume (phantom anatomy, ``--image-size`` square slices,
 ``--slices`` of them; default 256x256x200), builds a run with the default
 model (untrained: speed does not depend on the weights) unless ``--model`` is
 given, then times ``predict`` on it in a fresh process and the exported
-SavedModel in another fresh process, each reporting its peak RSS.
+SavedModel in another fresh process, each reporting its peak RSS. The
+in-process figure is also given as GFLOP/s and as a fraction of the conv peak
+measured in this run, in the run's precision (``bench_peak.conv_peak``; end
+to end, so loading and I/O count against it); results/peak-*.json is never read.
 
     python benchmarks/bench_predict.py [--image-size 256] [--slices 200] [--batch-size 8]
 """
@@ -87,6 +90,21 @@ def make_run(folder: str) -> str:
     return folder
 
 
+def end_to_end(run: str, policy: str, image_size: int, slices: int, batch_size: int,
+               seconds: float, peak_repeats: int = 5) -> dict:
+    """The in-process prediction as GFLOP/s and a fraction of the conv peak measured now."""
+    from bench_peak import conv_peak, fraction_of_peak
+    from flops import inference_flops_per_image
+
+    from keras_vaegan.config import CONFIG_FILE, Config
+
+    config = Config.load(os.path.join(run, CONFIG_FILE), saved_run=True)
+    achieved = inference_flops_per_image(config, image_size) * slices / seconds / 1e9
+    peak = conv_peak(policy, image_size, batch_size, peak_repeats)
+    return {"in_process_achieved_gflops": round(achieved, 1),
+            **{f"in_process_{k}": v for k, v in fraction_of_peak(achieved, peak).items()}}
+
+
 def main() -> None:
     parser = common.parser(__doc__, image_size=256, batch_size=8, steps=1)
     parser.add_argument("--slices", type=int, default=200)
@@ -104,12 +122,14 @@ def main() -> None:
         exported = export_run(run, os.path.join(tmp, "export"))
         in_process = run_python(IN_PROCESS, volume, os.path.join(tmp, "out"), run, args.batch_size)
         served = run_python(SAVED_MODEL, volume, exported, args.batch_size)
+        speed = end_to_end(run, policy, args.image_size, args.slices, args.batch_size,
+                           in_process["seconds"])
     result = {
         "benchmark": "predict", **common.machine(), "policy": policy,
         "volume": [args.image_size, args.image_size, args.slices], "batch_size": args.batch_size,
         "in_process_seconds": round(in_process["seconds"], 2),
         "in_process_slices_per_s": round(args.slices / in_process["seconds"], 2),
-        "in_process_peak_rss_mb": round(in_process["peak_rss_mb"], 1),
+        "in_process_peak_rss_mb": round(in_process["peak_rss_mb"], 1), **speed,
         "savedmodel_seconds": round(served["seconds"], 2),
         "savedmodel_slices_per_s": round(args.slices / served["seconds"], 2),
         "savedmodel_peak_rss_mb": round(served["peak_rss_mb"], 1),

@@ -3,8 +3,9 @@
 Runs ``VAECycleGAN.fit`` on the real tf.data pipeline (phantom slices at the
 image size), times each step with a callback (median after warm-up), then
 times the same steps on an in-memory batch; the difference is the share of
-step time spent waiting for input. Peak GFLOP/s comes from the latest
-results/peak-<backend>.json (run bench_peak.py first) or is measured here.
+step time spent waiting for input. The peak it divides by is measured in the
+same run, right after the timed steps, in the precision they ran in
+(``bench_peak.conv_peak``); results/peak-*.json is never read.
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_train.py --image-size 128 --batch-size 4 \
         --steps 20 --mixed-precision bfloat16
@@ -12,7 +13,6 @@ results/peak-<backend>.json (run bench_peak.py first) or is measured here.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -41,15 +41,19 @@ def step_times(model, dataset, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def peak_gflops(backend: str, policy: str, image_size: int, batch_size: int) -> float:
-    dtype = "bfloat16" if "bfloat16" in policy else "float32"
-    path = os.path.join(common.RESULTS, f"peak-{backend}.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            return float(json.load(handle)[f"conv_{dtype}_gflops"])
-    from bench_peak import conv_gflops
+def throughput(config, policy: str, step_s: float, in_memory_s: float,
+               peak_repeats: int = 5) -> dict:
+    """Images/s, GFLOP/s and their fraction of the conv peak measured now, on this machine."""
+    from bench_peak import conv_peak, fraction_of_peak
 
-    return conv_gflops(dtype, image_size // 4, batch_size, 128, 5)
+    flops = training_flops_per_image(config)
+    images_per_s = config.batch_size / step_s
+    achieved = flops * images_per_s / 1e9
+    peak = conv_peak(policy, config.image_size, config.batch_size, peak_repeats)
+    return {"step_s_median": round(step_s, 4), "images_per_s": round(images_per_s, 3),
+            "flops_per_image": flops, "achieved_gflops": round(achieved, 1),
+            **fraction_of_peak(achieved, peak),
+            "input_wait_fraction": round(max(0.0, 1 - in_memory_s / step_s), 3)}
 
 
 def main() -> None:
@@ -85,18 +89,11 @@ def main() -> None:
     in_memory = tf.data.Dataset.from_tensors((mri, ct)).repeat()
     without_input = statistics.median(step_times(model, in_memory, args.steps, 1))
 
-    flops = training_flops_per_image(config)
-    images_per_s = args.batch_size / with_pipeline
-    achieved = flops * images_per_s / 1e9
-    peak = peak_gflops(keras.backend.backend(), policy, args.image_size, args.batch_size)
     result = {
         "benchmark": "train", **common.machine(), "policy": policy,
         "jit_compile": bool(model.jit_compile), "augment_resampling": config.augment_resampling,
         "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
-        "step_s_median": round(with_pipeline, 4), "images_per_s": round(images_per_s, 3),
-        "flops_per_image": flops, "achieved_gflops": round(achieved, 1),
-        "peak_gflops": peak, "fraction_of_peak": round(achieved / peak, 3),
-        "input_wait_fraction": round(max(0.0, 1 - without_input / with_pipeline), 3),
+        **throughput(config, policy, with_pipeline, without_input),
         "parameters": int(sum(int(keras.ops.size(v)) for v in model.trainable_variables)),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
     }

@@ -50,6 +50,25 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine()
 
 
+# What decides a CPU's conv peak: vector width (AVX2: 8 f32 lanes, AVX-512: 16) and native
+# bfloat16 (AVX512-BF16, AMX). Recorded with every figure, so a figure names its machine.
+PEAK_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """Which of PEAK_FLAGS the CPU advertises (first processor's ``flags`` line)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    found = set(value.split())
+                    return [flag for flag in PEAK_FLAGS if flag in found]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict:
     import keras
 
@@ -57,7 +76,8 @@ def machine() -> dict:
 
     return {"backend": keras.backend.backend(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(), "cpu_bfloat16": cpu_has_native_bfloat16(),
+            "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+            "cpu_bfloat16": cpu_has_native_bfloat16(),
             "python": platform.python_version(), "keras": keras.__version__}
 
 

@@ -1,0 +1,114 @@
+"""Benchmarks divide by a peak they measured in the same run, never by a stored one (issue 28)."""
+
+from __future__ import annotations
+
+import builtins
+import glob
+import json
+import os
+import re
+import sys
+
+import pytest
+from conftest import TINY
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import bench_peak  # noqa: E402
+import bench_predict  # noqa: E402
+import bench_train  # noqa: E402
+import common  # noqa: E402
+from flops import inference_flops_per_image, training_flops_per_image  # noqa: E402
+
+from keras_vaegan.config import CONFIG_FILE, Config  # noqa: E402
+
+MEASURED = 50.0  # what the patched measurement 'finds' on this machine
+STORED = 301.7  # what a peak-*.json from another CPU says
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    """conv_gflops patched to return MEASURED; a stored peak file that must not be read;
+    every file opened is noted."""
+    calls, opened = [], []
+    monkeypatch.setattr(bench_peak, "conv_gflops",
+                        lambda *args: calls.append(args) or MEASURED)
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    for backend in ("tensorflow", "jax", "torch"):
+        (tmp_path / f"peak-{backend}.json").write_text(json.dumps(
+            {"conv_float32_gflops": STORED, "conv_bfloat16_gflops": STORED}))
+    real_open = builtins.open
+
+    def noting_open(file, *args, **kwargs):
+        opened.append(os.fspath(file) if isinstance(file, (str, os.PathLike)) else file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", noting_open)
+    return calls, opened
+
+
+def _no_peak_file_read(opened):
+    return not [f for f in opened if isinstance(f, str) and re.search(r"peak-[^/]*\.json$", f)]
+
+
+@pytest.mark.parametrize("policy, dtype", [("float32", "float32"),
+                                           ("mixed_bfloat16", "bfloat16")])
+def test_train_fraction_is_of_the_peak_measured_in_its_precision(measured, policy, dtype):
+    calls, opened = measured
+    config = Config(**{**TINY, "image_size": 256, "batch_size": 4})
+    report = bench_train.throughput(config, policy, step_s=0.5, in_memory_s=0.4)
+    achieved = training_flops_per_image(config) * (4 / 0.5) / 1e9
+    assert calls == [(dtype, 64, 4, bench_peak.PEAK_CHANNELS, 5)]  # 1/4 resolution, same batch
+    assert report["peak_gflops"] == MEASURED and report["peak_dtype"] == dtype
+    assert report["fraction_of_peak"] == round(achieved / MEASURED, 3)
+    assert report["achieved_gflops"] == round(achieved, 1)
+    assert report["input_wait_fraction"] == 0.2
+    assert "64x64, batch 4" in report["peak_shape"]
+    assert _no_peak_file_read(opened), opened
+
+
+def test_predict_fraction_is_of_the_peak_measured_in_the_same_run(measured, tmp_path):
+    calls, opened = measured
+    run = tmp_path / "run"
+    run.mkdir()
+    config = Config(**TINY)
+    config.save(run / CONFIG_FILE)
+    report = bench_predict.end_to_end(str(run), "mixed_bfloat16", image_size=64, slices=10,
+                                      batch_size=2, seconds=2.0)
+    achieved = inference_flops_per_image(config, 64) * 10 / 2.0 / 1e9
+    assert calls == [("bfloat16", bench_peak.MIN_PEAK_SIDE, 2, bench_peak.PEAK_CHANNELS, 5)]
+    assert report["in_process_peak_gflops"] == MEASURED
+    assert report["in_process_fraction_of_peak"] == round(achieved / MEASURED, 3)
+    assert _no_peak_file_read(opened), opened
+
+
+def test_no_benchmark_reads_a_stored_peak():
+    """Only bench_peak.py names a peak file (it writes the record); tables.py renders records."""
+    for path in glob.glob(os.path.join(BENCHMARKS, "*.py")):
+        name = os.path.basename(path)
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        if name == "tables.py":
+            continue  # draws RESULTS.md's tables from the stored records; computes no fraction
+        mentions = [line.strip() for line in text.splitlines()
+                    if re.search(r"peak-", line) and not line.lstrip().startswith(("#", "KERAS"))
+                    and "never read" not in line and "peak-<backend>.json this writes" not in line]
+        if name == "bench_peak.py":
+            assert mentions == ["common.write_result(f\"peak-{result['backend']}\", result)"]
+        else:
+            assert mentions == [], (name, mentions)
+        assert "fraction_of_peak" not in text or "conv_peak" in text, name
+
+
+def test_every_figure_records_the_cpu_flags_and_model(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\n"
+                       "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert common.cpu_flags(str(cpuinfo)) == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert common.cpu_model(str(cpuinfo)) == "Example CPU 9000"
+    assert common.cpu_flags(str(tmp_path / "missing")) == []
+    record = common.machine()
+    assert record["cpu_flags"] == common.cpu_flags() and record["cpu_model"]
