@@ -339,9 +339,13 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
     from keras_vaegan.inference.predict import predict as run_predict
 
     skipped = SkippedFiles() if skip_bad else None
-    written = run_predict(input_path, output_dir, run=model_path, direction=direction,
-                          samples=samples, fmt=fmt, batch_size=batch_size, progress=True,
-                          overwrite=overwrite, on_bad=skipped)
+    bar = ProgressBar(f"predict {direction}")
+    try:
+        written = run_predict(input_path, output_dir, run=model_path, direction=direction,
+                              samples=samples, fmt=fmt, batch_size=batch_size, progress=bar,
+                              overwrite=overwrite, on_bad=skipped)
+    finally:
+        bar.close()
     if skipped is not None:
         skipped.report()
     click.echo(f"wrote {len(written)} files to {output_dir}")

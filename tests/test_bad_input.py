@@ -242,7 +242,7 @@ def test_odd_but_valid_slices_are_accepted_and_converted(corpus):
 
 def test_predict_translates_odd_names_and_sizes_at_their_own_size(corpus, run, tmp_path):
     folder = os.path.dirname(corpus["good_slices"]["rgb.png"][0])
-    written = predict(folder, tmp_path / "out", run=run, progress=False)
+    written = predict(folder, tmp_path / "out", run=run, progress=None)
     assert _files(tmp_path / "out") == sorted(list(corpus["good_slices"]) + ["overview.png"])
     assert len(written) == len(corpus["good_slices"]) + 1
     eight = readers.read_slice(tmp_path / "out" / "eight_by_eight.png", "ct")
@@ -260,7 +260,7 @@ def test_empty_folders_and_folders_without_images_are_refused(tmp_path, run):
     Image.fromarray(_head()).save(tmp_path / "ct" / "a.png")
     for folder in ("empty", "notes"):
         with pytest.raises(VAEGANError, match="no images") as err:
-            predict(tmp_path / folder, tmp_path / "out", run=run, progress=False)
+            predict(tmp_path / folder, tmp_path / "out", run=run, progress=None)
         assert err.value.path == str(tmp_path / folder)
         with pytest.raises(VAEGANError, match="no images") as err:
             load_training_data(Config(**FIT_TINY), mri_dir=str(tmp_path / folder),
@@ -277,10 +277,10 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, run):
     blocker.write_text("a file where a folder should be")
     Image.fromarray(_head()).save(tmp_path / "mri.png")
     with pytest.raises(VAEGANError, match="is a file, not a folder") as err:
-        predict(tmp_path / "mri.png", blocker / "out", run=run, progress=False)
+        predict(tmp_path / "mri.png", blocker / "out", run=run, progress=None)
     assert err.value.path == str(blocker / "out")
     with pytest.raises(VAEGANError, match="output exists and is not a folder"):
-        predict(tmp_path / "mri.png", blocker, run=run, progress=False)
+        predict(tmp_path / "mri.png", blocker, run=run, progress=None)
     with pytest.raises(VAEGANError, match="is a file, not a folder"):
         export_run(run.run_dir, blocker / "export")
     reference = _nifti(tmp_path / "ct.nii.gz", np.full((16, 16, 3), 40.0))
@@ -298,7 +298,7 @@ def test_read_only_output_folder_is_refused(tmp_path, run):
     locked.chmod(0o500)
     try:
         with pytest.raises(VAEGANError, match="not writable"):
-            predict(tmp_path / "mri.png", locked / "out", run=run, progress=False)
+            predict(tmp_path / "mri.png", locked / "out", run=run, progress=None)
     finally:
         locked.chmod(0o700)
 
@@ -346,24 +346,27 @@ def test_without_skip_bad_a_bad_file_stops_predict_before_writing(corpus, run, t
             shutil.copy(tmp_path / "in" / name, folder / name)
         shutil.copy(path, folder)
         with pytest.raises(VAEGANError) as err:
-            predict(folder, tmp_path / "out", run=run, progress=False)
+            predict(folder, tmp_path / "out", run=run, progress=None)
         assert err.value.path == str(folder / os.path.basename(path))
         assert not (tmp_path / "out").exists()
-    # NaN voxels are found when the volume is read: earlier outputs are complete, none of it
+    # NaN voxels are found when the volume is read, after a.png is translated: all or
+    # nothing, so a.png is not written either (outputs are staged and moved in at the end)
     folder = tmp_path / "nan_last"
     os.makedirs(folder)
     shutil.copy(tmp_path / "in" / "a.png", folder)
     shutil.copy(bad[3], folder)
     with pytest.raises(VAEGANError, match="non-finite"):
-        predict(folder, tmp_path / "out", run=run, progress=False)
-    assert _files(tmp_path / "out") == ["a.png"]
+        predict(folder, tmp_path / "out", run=run, progress=None)
+    assert not (tmp_path / "out").exists()
+    os.remove(folder / os.path.basename(bad[3]))  # a rerun is not refused for "output exists"
+    predict(folder, tmp_path / "out", run=run, progress=None)
     assert readers.read_slice(tmp_path / "out" / "a.png", "ct").pixels.shape == (48, 40)
 
 
 def test_skip_bad_translates_the_good_files_and_reports_each_bad_one(corpus, run, tmp_path):
     good, bad = _mixed_folder(tmp_path / "in", corpus)
     skipped = []
-    written = predict(tmp_path / "in", tmp_path / "out", run=run, progress=False,
+    written = predict(tmp_path / "in", tmp_path / "out", run=run, progress=None,
                       on_bad=skipped.append)
     assert _files(tmp_path / "out") == sorted(good + ["overview.png"])
     assert len(written) == len(good) + 1
@@ -371,20 +374,20 @@ def test_skip_bad_translates_the_good_files_and_reports_each_bad_one(corpus, run
     assert all(err.reason and "\n" not in err.reason for err in skipped)
     with pytest.raises(VAEGANError, match="every image file was bad"):
         predict(os.path.dirname(corpus["bad_slices"]["text.png"][0]), tmp_path / "none",
-                run=run, progress=False, on_bad=skipped.append)
+                run=run, progress=None, on_bad=skipped.append)
     assert not (tmp_path / "none").exists()
 
 
 def test_existing_outputs_are_refused_unless_overwrite(run, tmp_path):
     Image.fromarray(_head()).save(tmp_path / "mri.png")
     out = tmp_path / "out"
-    predict(tmp_path / "mri.png", out, run=run, progress=False)
+    predict(tmp_path / "mri.png", out, run=run, progress=None)
     (out / "mri.png").write_bytes(b"an earlier result")
     with pytest.raises(VAEGANError, match="output exists; use --overwrite") as err:
-        predict(tmp_path / "mri.png", out, run=run, progress=False)
+        predict(tmp_path / "mri.png", out, run=run, progress=None)
     assert err.value.path == str(out / "mri.png")
     assert (out / "mri.png").read_bytes() == b"an earlier result"
-    predict(tmp_path / "mri.png", out, run=run, progress=False, overwrite=True)
+    predict(tmp_path / "mri.png", out, run=run, progress=None, overwrite=True)
     assert readers.read_slice(out / "mri.png", "ct").pixels.shape == (48, 40)
     assert _files(out) == ["mri.png", "overview.png"]  # replaced atomically: no leftovers
 
@@ -394,16 +397,16 @@ def test_output_inside_the_input_folder_only_when_names_cannot_collide(run, tmp_
     writers.write_slice(data / "mri.png", _head().astype(np.float64) * 4, "percentile", "mri")
     before = (data / "mri.png").read_bytes()
     with pytest.raises(VAEGANError, match="is an input .* outside the input folder") as err:
-        predict(data, data, run=run, progress=False)  # data/mri.png would be overwritten
+        predict(data, data, run=run, progress=None)  # data/mri.png would be overwritten
     assert err.value.path == str(data / "mri.png")
-    predict(data, data, run=run, fmt="npy", progress=False)  # data/mri.npy: no collision
+    predict(data, data, run=run, fmt="npy", progress=None)  # data/mri.npy: no collision
     assert _files(data) == ["mri.npy", "mri.png", "overview.png"]
     shutil.rmtree(data)
     writers.write_slice(data / "mri.png", _head().astype(np.float64) * 4, "percentile", "mri")
-    predict(data, data / "out", run=run, progress=False)  # data/out/mri.png: no collision
+    predict(data, data / "out", run=run, progress=None)  # data/out/mri.png: no collision
     # again: data/out/mri.png is now an input too, and the output of data/mri.png
     with pytest.raises(VAEGANError, match="is an input") as err:
-        predict(data, data / "out", run=run, progress=False, overwrite=True)
+        predict(data, data / "out", run=run, progress=None, overwrite=True)
     assert err.value.path == str(data / "out" / "mri.png")
     assert (data / "mri.png").read_bytes() == before
 
@@ -576,7 +579,7 @@ def test_slices_too_big_to_translate_are_refused_before_writing(run, tmp_path):
              str(tmp_path / "big.nii.gz"))
     for name in ("big.png", "big.nii.gz"):
         with pytest.raises(VAEGANError, match="too big to translate") as err:
-            predict(tmp_path / name, tmp_path / "out", run=run, progress=False)
+            predict(tmp_path / name, tmp_path / "out", run=run, progress=None)
         assert err.value.path == str(tmp_path / name)
     assert not (tmp_path / "out").exists()
 
@@ -598,7 +601,7 @@ def test_skip_bad_with_only_bad_voxels_writes_nothing(corpus, run, tmp_path):
         shutil.copy(corpus["bad_volumes"][name][0], folder)
     skipped = []
     with pytest.raises(VAEGANError, match="every image file was bad"):
-        predict(folder, tmp_path / "out", run=run, progress=True, on_bad=skipped.append)
+        predict(folder, tmp_path / "out", run=run, progress=None, on_bad=skipped.append)
     assert len(skipped) == 2 and not os.path.exists(tmp_path / "out" / "overview.png")
 
 

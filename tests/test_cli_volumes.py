@@ -1,12 +1,16 @@
-"""The command line on volumes: evaluate end to end, and bad volumes -> one error line, exit 2."""
+"""The command line on volumes: evaluate and predict end to end, bad volumes -> one error line."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
+from conftest import save_tiny_run
 from test_cli import assert_one_error_line, cli
+
+from keras_vaegan.config import Config
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -55,3 +59,34 @@ def test_dicom_without_pixel_data_is_one_error_line(tmp_path):
     result = cli("predict", "--input", path, "--output", tmp_path / "out", "--model", tmp_path)
     assert_one_error_line(result, str(path), "no pixel data")
     assert not (tmp_path / "out").exists()
+
+
+TINY = dict(image_size=32, batch_size=2, gen_filters=4, latent_channels=4, gen_res_blocks=1,
+            disc_filters=(8, 16), disc_heads=1, epochs=1, steps_per_epoch=1)
+
+
+def test_predict_refused_late_writes_nothing_and_skip_bad_translates_the_rest(tmp_path):
+    """NaN voxels are found only when read, after the good volume: exit 2, output folder as it was;
+    with --skip-bad a warning line, the good volume written, and the progress bar on stderr."""
+    run = save_tiny_run(tmp_path / "run", Config(**TINY))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    save_nifti(folder / "good.nii.gz", rng.uniform(0, 500, (16, 16, 3)))
+    nan = rng.uniform(0, 500, (16, 16, 3))
+    nan[2, 2, 2] = np.nan
+    bad = save_nifti(folder / "nan.nii.gz", nan)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = cli("predict", "--input", folder, "--output", out, "--model", run)
+    assert_one_error_line(result, f"error: {bad}: volume has non-finite values")
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+    result = cli("predict", "--input", folder, "--output", out, "--model", run, "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert f"warning: {bad}: volume has non-finite values (NaN or inf), skipped" in lines
+    assert lines[-1] == "skipped 1 bad file"
+    assert any(line.startswith("predict mri2ct") for line in lines)  # the bar's label
+    assert result.stdout.strip() == f"wrote 2 files to {out}"
+    assert sorted(os.listdir(out)) == ["good.nii.gz", "notes.txt", "overview.png"]

@@ -128,7 +128,7 @@ def test_saved_model_reproduces_predict_without_keras_vaegan(exported, run_dir, 
             inputs.mkdir(exist_ok=True)
             np.save(inputs / f"s{k}.npy", image)
         out = tmp_path / f"predicted_{direction}"
-        predict(inputs, out, run=str(run_dir), direction=direction, fmt="npy", progress=False)
+        predict(inputs, out, run=str(run_dir), direction=direction, fmt="npy", progress=None)
         expected = np.stack([np.load(out / f"s{k}.npy") for k in range(len(images))])
         served = np.load(folder / f"{signature}.npy")[..., 0]
         assert served.shape == expected.shape == images.shape

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 from conftest import save_tiny_run
 
 from keras_vaegan.config import Config
-from keras_vaegan.data import readers, writers
+from keras_vaegan.data import readers, volumes, writers
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.predict import (
     LoadedRun,
@@ -72,7 +73,7 @@ def _listing(folder):
 
 def test_predict_writes_one_output_per_slice_at_input_size(mri_folder, tmp_path, loaded):
     out = tmp_path / "out"
-    written = predict(mri_folder, out, run=loaded, progress=False)
+    written = predict(mri_folder, out, run=loaded, progress=None)
     assert _listing(out) == ["a.png", "overview.png", os.path.join("sub", "b.npy")]
     assert sorted(os.path.relpath(p, out) for p in written) == _listing(out)
     ct_a = readers.read_slice(out / "a.png", "ct")
@@ -84,8 +85,8 @@ def test_predict_writes_one_output_per_slice_at_input_size(mri_folder, tmp_path,
 
 
 def test_single_sample_is_deterministic_and_has_no_std(mri_folder, tmp_path, run_dir):
-    first = predict(mri_folder, tmp_path / "one", run=str(run_dir), fmt="npy", progress=False)
-    second = predict(mri_folder, tmp_path / "two", run=str(run_dir), fmt="npy", progress=False)
+    first = predict(mri_folder, tmp_path / "one", run=str(run_dir), fmt="npy", progress=None)
+    second = predict(mri_folder, tmp_path / "two", run=str(run_dir), fmt="npy", progress=None)
     assert not any("_std" in p for p in first)
     for a, b in zip(first, second):
         if a.endswith(".npy"):
@@ -94,7 +95,7 @@ def test_single_sample_is_deterministic_and_has_no_std(mri_folder, tmp_path, run
 
 def test_samples_write_a_positive_std_map(mri_folder, tmp_path, loaded):
     out = tmp_path / "out"
-    written = predict(mri_folder, out, run=loaded, samples=4, fmt="npy", progress=False)
+    written = predict(mri_folder, out, run=loaded, samples=4, fmt="npy", progress=None)
     assert _listing(out) == ["a.npy", "a_std.npy", "overview.png",
                              os.path.join("sub", "b.npy"), os.path.join("sub", "b_std.npy")]
     assert len(written) == 5
@@ -150,7 +151,7 @@ def test_unreadable_input_writes_nothing(mri_folder, tmp_path, loaded):
     (mri_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
     with pytest.raises(VAEGANError) as err:
-        predict(mri_folder, out, run=loaded, progress=False)
+        predict(mri_folder, out, run=loaded, progress=None)
     assert err.value.path.endswith("broken.png")
     assert not out.exists() or _listing(out) == []
 
@@ -158,7 +159,7 @@ def test_unreadable_input_writes_nothing(mri_folder, tmp_path, loaded):
 def test_output_folder_must_not_be_the_input_folder(mri_folder, loaded):
     before = _listing(mri_folder)
     with pytest.raises(VAEGANError, match="input folder"):
-        predict(mri_folder, mri_folder, run=loaded, progress=False)
+        predict(mri_folder, mri_folder, run=loaded, progress=None)
     assert _listing(mri_folder) == before
 
 
@@ -168,7 +169,7 @@ def test_colliding_output_names_are_refused_before_writing(tmp_path, loaded):
     writers.write_slice(folder / "a.npy", _mri(32, 32), "percentile", "mri")
     out = tmp_path / "out"
     with pytest.raises(VAEGANError, match="would also be written"):
-        predict(folder, out, run=loaded, fmt="png", progress=False)
+        predict(folder, out, run=loaded, fmt="png", progress=None)
     assert not out.exists()
 
 
@@ -177,7 +178,7 @@ def test_ct_16bit_png_to_mri_in_reference_range(tmp_path, loaded):
     writers.write_slice(source, _ct_hu(48, 56), "hu", "ct")
     assert readers.read_slice(source, "ct").bit_depth == "uint16"
     out = tmp_path / "out"
-    written = predict(source, out, run=loaded, direction="ct2mri", samples=2, progress=False)
+    written = predict(source, out, run=loaded, direction="ct2mri", samples=2, progress=None)
     assert [os.path.basename(p) for p in written] == ["ct.png", "ct_std.png", "overview.png"]
     mri = readers.read_slice(out / "ct.png", "mri")
     low, high = loaded.config.mri_reference_range
@@ -189,25 +190,134 @@ def test_8bit_images_follow_the_run_units(tmp_path, loaded, uint8_run):
     source = tmp_path / "mri.png"
     writers.write_slice(source, _mri(36, 44) / 600 * 255, "uint8", "mri")
     # trained on 8-bit: 8-bit in, 8-bit out
-    predict(source, tmp_path / "u8", run=uint8_run, progress=False)
+    predict(source, tmp_path / "u8", run=uint8_run, progress=None)
     ct = readers.read_slice(tmp_path / "u8" / "mri.png", "ct")
     assert ct.bit_depth == "uint8" and ct.pixels.shape == (36, 44)
     # trained on percentile MRI / HU CT: 8-bit MRI is scaled by percentiles, CT written in HU
-    predict(source, tmp_path / "hu", run=loaded, progress=False)
+    predict(source, tmp_path / "hu", run=loaded, progress=None)
     assert readers.read_slice(tmp_path / "hu" / "mri.png", "ct").bit_depth == "uint16"
     # 8-bit CT has no HU: refused for a run trained on HU, accepted by an 8-bit run
     ct8 = tmp_path / "ct8.jpg"
     writers.write_slice(ct8, np.full((32, 32), 128.0), "uint8", "ct")
     with pytest.raises(VAEGANError, match="8-bit CT"):
-        predict(ct8, tmp_path / "refused", run=loaded, direction="ct2mri", progress=False)
+        predict(ct8, tmp_path / "refused", run=loaded, direction="ct2mri", progress=None)
     assert not (tmp_path / "refused").exists()
-    written = predict(ct8, tmp_path / "ok", run=uint8_run, direction="ct2mri", progress=False)
+    written = predict(ct8, tmp_path / "ok", run=uint8_run, direction="ct2mri", progress=None)
     assert os.path.basename(written[0]) == "ct8.jpg"
 
 
 def test_jpeg_input_with_hu_output_is_written_as_png(tmp_path, loaded):
     source = tmp_path / "mri.jpg"
     writers.write_slice(source, _mri(32, 32) / 600 * 255, "uint8", "mri")
-    written = predict(source, tmp_path / "out", run=loaded, progress=True)
+    written = predict(source, tmp_path / "out", run=loaded, progress=None)
     assert os.path.basename(written[0]) == "mri.png"
     assert readers.read_slice(written[0], "ct").bit_depth == "uint16"
+
+
+# --- progress through a callback; all or nothing ---------------------------------------------
+
+
+def test_progress_goes_to_the_callback_and_predict_prints_nothing(mri_folder, tmp_path, loaded,
+                                                                  capsys):
+    calls = []
+    predict(mri_folder, tmp_path / "out", run=loaded, batch_size=1,
+            progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 2), (1, 2), (2, 2)]  # (done, total) after each batch of one slice
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def _save_nifti(path, data):
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.diag([-1.0, -1.0, 1.0, 1.0])),
+             str(path))
+
+
+def _snapshot(folder) -> dict:
+    """Every file under ``folder`` (hidden ones too) -> its bytes."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_nan_voxels_found_when_read_leave_the_output_folder_as_it_was(tmp_path, loaded):
+    """A slice and a good volume are translated before the NaN volume is read: none is written."""
+    folder = tmp_path / "in"
+    writers.write_slice(folder / "a.png", _mri(32, 32), "percentile", "mri")
+    rng = np.random.default_rng(0)
+    _save_nifti(folder / "good.nii.gz", rng.uniform(0, 500, (24, 20, 3)))
+    nan = rng.uniform(0, 500, (24, 20, 3))
+    nan[5, 5, 1] = np.nan
+    _save_nifti(folder / "nan.nii.gz", nan)
+    out = tmp_path / "out"
+    with pytest.raises(VAEGANError, match="non-finite") as err:
+        predict(folder, out, run=loaded)
+    assert err.value.path == str(folder / "nan.nii.gz")
+    assert not out.exists()
+    # earlier results stay byte for byte, also those --overwrite would have replaced
+    out.mkdir()
+    (out / "a.png").write_bytes(b"an earlier result")
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    with pytest.raises(VAEGANError, match="non-finite"):
+        predict(folder, out, run=loaded, overwrite=True)
+    assert _snapshot(out) == before  # no staging folder left behind either
+    # a rerun is not refused for "output exists"; --skip-bad leaves the NaN volume out
+    (out / "a.png").unlink()
+    skipped = []
+    written = predict(folder, out, run=loaded, on_bad=skipped.append)
+    assert [err.path for err in skipped] == [str(folder / "nan.nii.gz")]
+    assert _listing(out) == ["a.png", "good.nii.gz", "notes.txt", "overview.png"]
+    assert sorted(os.path.relpath(p, out) for p in written) == ["a.png", "good.nii.gz",
+                                                                "overview.png"]
+    assert volumes.read_volume(out / "good.nii.gz", "ct").voxels.shape == (3, 20, 24)
+
+
+def _dicom_outputs(folder):
+    pydicom = pytest.importorskip("pydicom")
+    return [pydicom.dcmread(os.path.join(d, f)) for d, _, files in os.walk(folder)
+            for f in files if f.endswith(".dcm")]
+
+
+def test_a_folder_of_series_with_mixed_orientations_writes_nothing(tmp_path, loaded):
+    """pydicom's MR2: tri-plane localizer series (mixed slice orientations within a series)."""
+    from pydicom.data import get_testdata_file
+
+    source = os.path.join(os.path.dirname(get_testdata_file("CT_small.dcm")),
+                          "dicomdirtests", "98892003", "MR2")
+    folder = tmp_path / "MR2"
+    shutil.copytree(source, folder)
+    out = tmp_path / "out"
+    with pytest.raises(VAEGANError) as err:
+        predict(folder, out, run=loaded)
+    assert err.value.path.startswith(str(folder))
+    assert not out.exists()
+    skipped = []  # --skip-bad: the refused series reported, whole slices for any other
+    try:
+        predict(folder, out, run=loaded, on_bad=skipped.append)
+    except VAEGANError as err:
+        assert "every image file was bad" in err.reason
+        assert not out.exists()
+    else:
+        assert all(min(d.Rows, d.Columns) >= 8 for d in _dicom_outputs(out))
+    assert skipped and all(e.path.startswith(str(folder)) for e in skipped)
+
+
+def test_a_single_sagittal_slice_is_never_cut_into_strips(tmp_path, loaded):
+    """pydicom-data's MR2_J2KR.dcm, one 1024x1024 sagittal slice: one image, or refused whole."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    scan = tmp_path / "in" / "MR2_J2KR.dcm"
+    scan.parent.mkdir()
+    shutil.copy(get_testdata_file("MR2_J2KR.dcm"), scan)
+    header = pydicom.dcmread(scan, stop_before_pixels=True)
+    out = tmp_path / "out"
+    try:
+        written = predict(scan, out, run=loaded)
+    except VAEGANError as err:
+        assert err.path == str(scan) and "\n" not in str(err)
+        assert not out.exists()
+        return
+    outputs = _dicom_outputs(out)
+    assert len(outputs) == 1 and len(written) == 2  # the slice and the overview
+    assert (outputs[0].Rows, outputs[0].Columns) == (header.Rows, header.Columns)

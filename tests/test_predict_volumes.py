@@ -77,7 +77,7 @@ def read_series(folder):
 @pytest.mark.backend
 def test_mr_small_becomes_a_valid_synthetic_ct_series(tmp_path, run):
     out = tmp_path / "out"
-    written = predict(MR_SMALL, out, run=run, progress=False)
+    written = predict(MR_SMALL, out, run=run, progress=None)
     assert sorted(os.path.relpath(p, out) for p in written) == [
         os.path.join("MR_small", "00001.dcm"), "overview.png"]
     source = pydicom.dcmread(MR_SMALL)
@@ -109,7 +109,7 @@ def test_mr_small_becomes_a_valid_synthetic_ct_series(tmp_path, run):
 @pytest.mark.backend
 def test_anatomical_nifti_becomes_a_nifti_on_the_same_grid(tmp_path, run):
     out = tmp_path / "out"
-    predict(ANATOMICAL, out, run=run, progress=False)
+    predict(ANATOMICAL, out, run=run, progress=None)
     source, written = nib.load(ANATOMICAL), nib.load(out / "anatomical.nii")
     assert written.shape == source.shape
     np.testing.assert_array_equal(written.affine, source.affine)
@@ -131,7 +131,7 @@ def test_slice_order_and_orientation_survive_slice_by_slice_translation(tmp_path
     nib.save(image, tmp_path / "mri.nii.gz")
     # 1. identity 'model': the output is the input mapped MRI units -> HU voxel for voxel
     out = tmp_path / "identity"
-    predict(tmp_path / "mri.nii.gz", out, run=identity_run(run), progress=False)
+    predict(tmp_path / "mri.nii.gz", out, run=identity_run(run), progress=None)
     written = nib.load(out / "mri.nii.gz")
     mri = units.mri_map(data, run.config.mri_percentiles)
     expected = units.ct_map(CT_WINDOW).from_unit(mri.to_unit(data))
@@ -139,7 +139,7 @@ def test_slice_order_and_orientation_survive_slice_by_slice_translation(tmp_path
     np.testing.assert_array_equal(written.affine, affine)
     assert (written.header["qform_code"], written.header["sform_code"]) == (1, 4)
     # 2. the real model: each output slice is that input slice translated on its own
-    predict(tmp_path / "mri.nii.gz", tmp_path / "model", run=run, batch_size=4, progress=False)
+    predict(tmp_path / "mri.nii.gz", tmp_path / "model", run=run, batch_size=4, progress=None)
     volume = volumes.read_volume(tmp_path / "model" / "mri.nii.gz", "ct")
     source = volumes.read_volume(tmp_path / "mri.nii.gz", "mri")
     assert volume.voxels.shape == (6, 28, 20)  # slices along file axis 0, rows P, cols L
@@ -153,7 +153,7 @@ def test_slice_order_and_orientation_survive_slice_by_slice_translation(tmp_path
 def test_samples_write_std_volumes_on_the_same_grid(tmp_path, run):
     mr_series(tmp_path / "series")
     out = tmp_path / "out"
-    written = predict(tmp_path / "series", out, run=run, samples=3, progress=False)
+    written = predict(tmp_path / "series", out, run=run, samples=3, progress=None)
     assert sorted(os.listdir(out)) == ["overview.png", "series", "series_std"]
     assert len(written) == 5  # three CT slices, one Parametric Map (never a CT), the overview
     mean, std = read_series(out / "series"), read_series(out / "series_std")
@@ -170,22 +170,22 @@ def test_samples_write_std_volumes_on_the_same_grid(tmp_path, run):
     values = spread.pixel_array
     assert (values >= 0).all() and values.mean() > 0
     # NIfTI: *_std.nii.gz beside the mean, same affine; positive spread
-    predict(ANATOMICAL, tmp_path / "nii", run=run, samples=2, progress=False)
+    predict(ANATOMICAL, tmp_path / "nii", run=run, samples=2, progress=None)
     spread = nib.load(tmp_path / "nii" / "anatomical_std.nii")
     np.testing.assert_array_equal(spread.affine, nib.load(ANATOMICAL).affine)
     assert spread.get_fdata().min() >= 0 and spread.get_fdata().mean() > 0
 
 
 def test_std_is_zero_when_every_draw_agrees_and_absent_for_one_sample(tmp_path, run):
-    predict(ANATOMICAL, tmp_path / "one", run=run, samples=1, progress=False)
+    predict(ANATOMICAL, tmp_path / "one", run=run, samples=1, progress=None)
     assert sorted(os.listdir(tmp_path / "one")) == ["anatomical.nii", "overview.png"]
-    predict(ANATOMICAL, tmp_path / "same", run=identity_run(run), samples=4, progress=False)
+    predict(ANATOMICAL, tmp_path / "same", run=identity_run(run), samples=4, progress=None)
     assert np.all(nib.load(tmp_path / "same" / "anatomical_std.nii").get_fdata() == 0)
 
 
 def test_dicom_series_order_survives(tmp_path, run):
     mr_series(tmp_path / "series", count=4)
-    predict(tmp_path / "series", tmp_path / "out", run=identity_run(run), progress=False)
+    predict(tmp_path / "series", tmp_path / "out", run=identity_run(run), progress=None)
     written = read_series(tmp_path / "out" / "series")
     sources = {d.SOPInstanceUID: d for d in (pydicom.dcmread(tmp_path / "series" / f)
                                              for f in os.listdir(tmp_path / "series"))}
@@ -201,28 +201,28 @@ def test_dicom_series_order_survives(tmp_path, run):
 
 def test_synthrad_subjects_translate_only_their_mri(tmp_path, run):
     write_phantom(tmp_path / "data", subjects=2, slices=2, size=32, fmt="nii", seed=0)
-    written = predict(tmp_path / "data", tmp_path / "out", run=run, progress=False)
+    written = predict(tmp_path / "data", tmp_path / "out", run=run, progress=None)
     assert sorted(os.path.relpath(p, tmp_path / "out") for p in written) == [
         os.path.join("000", "mri.nii.gz"), os.path.join("001", "mri.nii.gz"), "overview.png"]
     ct2mri = predict(tmp_path / "data", tmp_path / "back", run=run, direction="ct2mri",
-                     progress=False)
+                     progress=None)
     assert os.path.join(str(tmp_path / "back"), "000", "ct.nii.gz") in ct2mri
 
 
 def test_volume_outputs_never_touch_inputs(tmp_path, run):
     mr_series(tmp_path / "data" / "series", count=2)
     with pytest.raises(VAEGANError, match="holds an input"):  # out/series would be the input
-        predict(tmp_path / "data" / "series", tmp_path / "data", run=run, progress=False)
+        predict(tmp_path / "data" / "series", tmp_path / "data", run=run, progress=None)
     assert len(os.listdir(tmp_path / "data" / "series")) == 2
     (tmp_path / "out" / "series").mkdir(parents=True)
     (tmp_path / "out" / "series" / "notes.txt").write_text("mine")
     with pytest.raises(VAEGANError, match="not DICOM"):
-        predict(tmp_path / "data" / "series", tmp_path / "out", run=run, progress=False)
+        predict(tmp_path / "data" / "series", tmp_path / "out", run=run, progress=None)
     assert os.listdir(tmp_path / "out" / "series") == ["notes.txt"]
     with pytest.raises(VAEGANError, match="--format same"):
-        predict(ANATOMICAL, tmp_path / "png", run=run, fmt="png", progress=False)
+        predict(ANATOMICAL, tmp_path / "png", run=run, fmt="png", progress=None)
     with pytest.raises(VAEGANError, match="Modality is MR, expected CT"):
-        predict(MR_SMALL, tmp_path / "wrong", run=run, direction="ct2mri", progress=False)
+        predict(MR_SMALL, tmp_path / "wrong", run=run, direction="ct2mri", progress=None)
     assert not (tmp_path / "wrong").exists() and not (tmp_path / "png").exists()
 
 
@@ -230,7 +230,7 @@ def test_volume_ct_output_needs_a_run_trained_on_hu(tmp_path, run):
     uint8_run = LoadedRun(model=run.model, run_dir=run.run_dir,
                           config=run.config.replace(ct_units="uint8", mri_units="uint8"))
     with pytest.raises(VAEGANError, match="8-bit CT"):
-        predict(ANATOMICAL, tmp_path / "out", run=uint8_run, progress=False)
+        predict(ANATOMICAL, tmp_path / "out", run=uint8_run, progress=None)
     assert predict_module.volume_output_map("mri", uint8_run.config) == units.UINT8_MAP
 
 
@@ -246,6 +246,6 @@ def test_fit_trains_on_synthrad_style_volumes_and_predicts_them(tmp_path):
                  verbose=0)
     trained = load_run(folder)
     assert (trained.config.mri_units, trained.config.ct_units) == ("percentile", "hu")
-    predict(tmp_path / "data" / "001", tmp_path / "out", run=trained, progress=False)
+    predict(tmp_path / "data" / "001", tmp_path / "out", run=trained, progress=None)
     written = nib.load(tmp_path / "out" / "mri.nii.gz")  # named relative to the input folder
     assert written.shape == (32, 32, 3)
