@@ -64,7 +64,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     click.echo(f"warning: {text}", err=True)
 
 
-_LIBRARIES = ("pydicom", "nibabel", "PIL")  # readers whose remarks the user never sees raw
+# readers and writers whose remarks the user never sees raw (pylibjpeg & co decode for pydicom)
+_LIBRARIES = ("pydicom", "nibabel", "PIL", "highdicom", "pylibjpeg", "openjpeg", "libjpeg")
 
 
 def _library_of(filename: str) -> str | None:
