@@ -26,8 +26,9 @@ above -500 HU).
     same masking and shift), averaged over the mask leaving out each
     slice's 5-pixel rim. This was the only SSIM before; the quality numbers
     in ``benchmarks/RESULTS.md`` up to the SSIM choice were measured with it.
-    It is lower than the SynthRAD value for the same images (0.87 against
-    0.91 on a good prediction, 0.07 against 0.14 on a poor one).
+    It is lower than the SynthRAD value for the same images, most for poor
+    predictions (issue 25 measured 0.87 against 0.91 on a good one, 0.07
+    against 0.14 on a poor one).
 
 - ``through_plane_mae_hu``: slice consistency. The mean absolute difference
   between the slice-to-slice steps (along the slice axis) of the synthetic
