@@ -31,8 +31,9 @@ above -500 HU).
     against 0.14 on a poor one).
 
 - ``through_plane_mae_hu``: slice consistency. The mean absolute difference
-  between the slice-to-slice steps (along the slice axis) of the synthetic
-  CT and of the reference CT, over the pairs of neighbouring voxels that
+  between the slice-to-slice steps of the synthetic CT and of the reference
+  CT along the slice axis (the canonical first axis, the one ``predict``
+  translates slice by slice), over the pairs of neighbouring voxels that
   are both in the mask. A prediction made slice by slice that is right on
   average but flickers from slice to slice scores badly here while its MAE
   hides it. Volumes only (``None`` for fewer than 2 slices).
