@@ -341,10 +341,16 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
 
     skipped = SkippedFiles() if skip_bad else None
     bar = ProgressBar(f"predict {direction}")
+
+    def on_bad(err) -> None:  # the warning on a line of its own; the bar goes on below it
+        if bar.bar is not None and sys.stderr.isatty():
+            click.echo("", err=True)
+        skipped(err)
+
     try:
         written = run_predict(input_path, output_dir, run=model_path, direction=direction,
                               samples=samples, fmt=fmt, batch_size=batch_size, progress=bar,
-                              overwrite=overwrite, on_bad=skipped)
+                              overwrite=overwrite, on_bad=on_bad if skip_bad else None)
     finally:
         bar.close()
     if skipped is not None:

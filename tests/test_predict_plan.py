@@ -242,3 +242,41 @@ def test_find_prediction_inputs_keeps_the_input_role_of_subjects(tmp_path):
     result = plan(inputs, tmp_path / "out", direction="mri2ct")
     assert relative(result.outputs, tmp_path / "out") == [
         os.path.join("001", "mr.nii.gz"), os.path.join("002", "mr.nii.gz"), "overview.png"]
+
+
+# --- staging: how predict makes its writes all or nothing ------------------------------------
+
+
+def test_staged_outputs_appear_only_on_commit_and_vanish_on_error(tmp_path, monkeypatch):
+    from keras_vaegan.inference import staging
+
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError):
+        with staging.StagedOutputs(out) as staged:
+            writers.write_slice(staged.path(str(out / "sub" / "a.npy")), mri(), "percentile",
+                                "mri")
+            assert not (out / "sub").exists()  # written under a hidden folder only
+            raise RuntimeError("a refusal found late")
+    assert not (tmp_path / "new").exists()  # the folders it made are gone too
+
+    out.mkdir(parents=True)
+    (out / "series").mkdir()
+    (out / "series" / "old.dcm").write_bytes(b"old")
+    (out / "a.npy").write_bytes(b"old")
+    flushed = []
+    monkeypatch.setattr(staging, "sync_folder", flushed.append)
+    finals = [str(out / "a.npy"), str(out / "series"), str(out / "sub" / "b.npy")]
+    with staging.StagedOutputs(out) as staged:
+        for final in finals[::2]:
+            os.makedirs(os.path.dirname(staged.path(final)), exist_ok=True)
+            with open(staged.path(final), "wb") as handle:
+                handle.write(b"new")
+        os.makedirs(staged.path(finals[1]))
+        with open(os.path.join(staged.path(finals[1]), "00001.dcm"), "wb") as handle:
+            handle.write(b"new")
+        assert staged.final(staged.path(finals[2])) == finals[2]
+        staged.commit(finals)
+    assert (out / "a.npy").read_bytes() == b"new" == (out / "sub" / "b.npy").read_bytes()
+    assert os.listdir(out / "series") == ["00001.dcm"]  # the old series folder replaced whole
+    assert sorted(os.listdir(out)) == ["a.npy", "series", "sub"]  # no staging folder left
+    assert sorted(flushed) == [str(out), str(out / "sub")]

@@ -6,6 +6,9 @@ rename, and readers skip hidden names). ``commit`` moves each output onto its
 final path (an existing file or series folder is replaced only then); on any
 error before it, the staging folder is removed and the output folder is
 exactly as it was, also the folders this command made for it are removed.
+Each output is flushed to the disk when written (``io.atomic``); the folders
+it is renamed into are flushed after the move. A kill leaves at most the
+hidden staging folder, which every reader skips.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import shutil
 import tempfile
 
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import TMP_PREFIX, sync_folder
 
-STAGING_PREFIX = ".tmp-predict-"
+STAGING_PREFIX = TMP_PREFIX + "predict-"
 
 
 class StagedOutputs:
@@ -65,8 +69,9 @@ class StagedOutputs:
                 os.replace(final, os.path.join(aside, str(index)))
             os.replace(staged, final)
             touched.add(os.path.dirname(os.path.abspath(final)))
-        for folder in sorted(touched):
-            _fsync_folder(folder)
+        touched.update(os.path.dirname(folder) for folder in self._made)  # new folders' names
+        for folder in sorted(touched):  # the files were flushed when written; now their names
+            sync_folder(folder)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -79,12 +84,3 @@ class StagedOutputs:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
 
-
-def _fsync_folder(folder: str) -> None:
-    """Make the renames into ``folder`` durable (a no-op where folders cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
