@@ -88,7 +88,8 @@ def write_std_map(folder: str, volume: Volume, data: np.ndarray, modality: str, 
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[_value_mapping(hd, data, modality)],
             content_label="STD", content_description=description[:64],
-            window_center=float(np.percentile(data, 50)), window_width=_width(data),
+            voi_lut_transformations=[hd.VOILUTTransformation(
+                window_center=float(np.percentile(data, 50)), window_width=_width(data))],
             **_geometry(hd, slices))
     _move_to_study(pmap, study_uid)
     pmap.SeriesDescription = description[:64]
