@@ -280,3 +280,22 @@ def test_staged_outputs_appear_only_on_commit_and_vanish_on_error(tmp_path, monk
     assert os.listdir(out / "series") == ["00001.dcm"]  # the old series folder replaced whole
     assert sorted(os.listdir(out)) == ["a.npy", "series", "sub"]  # no staging folder left
     assert sorted(flushed) == [str(out), str(out / "sub")]
+
+
+def test_an_uncertainty_map_the_dicom_input_cannot_carry_is_refused_in_the_plan(tmp_path):
+    """693_UNCI.dcm has no Frame of Reference: its Parametric Map cannot be placed in the patient.
+
+    With --samples 2 the plan refuses it (nothing written); with one sample it plans as usual.
+    """
+    source = get_testdata_file("693_UNCI.dcm")
+    if source is None:
+        pytest.skip("pydicom-data is not installed")
+    image = tmp_path / "in" / "693_UNCI.dcm"
+    os.makedirs(image.parent)
+    shutil.copy(source, image)
+    out = tmp_path / "out"
+    with pytest.raises(VAEGANError, match="(?i)frame of reference"):
+        plan(str(image), str(out), samples=2, direction="ct2mri")
+    assert not out.exists()
+    planned = plan(str(image), str(out), samples=1, direction="ct2mri")
+    assert len(planned.volumes) == 1 and not out.exists()

@@ -166,7 +166,7 @@ def plan_prediction(inputs: PredictionInputs | str | os.PathLike, output_dir: st
         inputs = find_prediction_inputs(inputs, direction, fmt, on_bad)
     in_modality, out_modality = direction_modalities(direction)
     slice_maps = _translatable_slices(inputs.slices, in_modality, config, stride, on_bad)
-    found = _translatable_volumes(inputs.volumes, stride, on_bad)
+    found = _translatable_volumes(inputs.volumes, stride, samples, on_bad)
     if not slice_maps and not found:
         raise VAEGANError(inputs.root, "no images this run can translate")
     out_units, map_out = output_map(out_modality, config)
@@ -202,14 +202,21 @@ def _translatable_slices(pieces: list[readers.Slice], modality: str, config, str
     return usable
 
 
-def _translatable_volumes(found: list[FoundVolume], stride: int,
+def _translatable_volumes(found: list[FoundVolume], stride: int, samples: int,
                           on_bad: readers.BadFileHandler | None) -> list[FoundVolume]:
-    """Volumes whose slices, as the model will see them (after reorientation), it can translate."""
+    """Volumes whose slices, as the model will see them (after reorientation), it can translate.
+
+    With ``samples`` > 1 the volume must also be able to carry its
+    uncertainty map (a DICOM input's is a Parametric Map, which needs the
+    input's frame of reference and slice positions).
+    """
     usable = []
     for volume in found:
         try:
             if volume.slice_shape is not None:
                 check_translatable(volume.path, volume.slice_shape, stride)
+            if samples > 1:
+                volumes.check_std_writable(volume)
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
             continue
