@@ -164,9 +164,7 @@ def _translate_volume_jobs(run: LoadedRun, plan: PredictionPlan, staged: StagedO
             written += volumes.write_volume(staged.path(job.std_output), volume, result.std,
                                             plan.out_modality, "std", study_uid)
         middle = volume.voxels.shape[0] // 2
-        unit_std = None if result.std is None else result.std[middle] / std_scale(plan.output_map)
-        overview.add(result.unit_input[middle], result.unit_mean[middle], unit_std,
-                     f"{os.path.basename(job.output)} [{middle}]")
+        overview.add(*result.unit_slice(middle), f"{os.path.basename(job.output)} [{middle}]")
     return written
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from keras_vaegan.data import readers, units
 from keras_vaegan.data.volume import Volume, check_slice_size
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.inference.compiled import compiled_translation
 from keras_vaegan.inference.runs import LoadedRun
 
 DIRECTIONS = ("mri2ct", "ct2mri")
@@ -55,11 +56,7 @@ def translate_slices(model, images: Sequence[np.ndarray], direction: str = "mri2
     ``z = mu``). ``on_done(n)`` is called after each batch with its size.
     """
     direction_modalities(direction)
-    samples, batch_size = int(samples), int(batch_size)
-    if samples < 1:
-        raise VAEGANError(None, f"samples must be >= 1, got {samples}")
-    if batch_size < 1:
-        raise VAEGANError(None, f"batch size must be >= 1, got {batch_size}")
+    samples, batch_size = _checked_counts(samples, batch_size)
     stride = int(model.total_stride)
     prepared = [_as_2d(image) for image in images]
     groups: dict[tuple[int, int], list[int]] = {}
@@ -69,11 +66,10 @@ def translate_slices(model, images: Sequence[np.ndarray], direction: str = "mri2
     results: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(prepared)
     for shape, indices in groups.items():
         check_slice_pixels(None, shape, stride)
-        per_pass = max(1, min(batch_size, MAX_PASS_PIXELS // (shape[0] * shape[1])))
-        for start in range(0, len(indices), per_pass):
-            batch_indices = indices[start:start + per_pass]
-            batch = np.stack([_pad(prepared[i], shape) for i in batch_indices])[..., None]
-            mean, std = _translate_batch(model, batch, direction, samples)
+        passes = _Passes(model, direction, samples, shape, len(indices), batch_size)
+        for start in range(0, len(indices), passes.per_pass):
+            batch_indices = indices[start:start + passes.per_pass]
+            mean, std = passes.run([prepared[i] for i in batch_indices])
             for row, i in enumerate(batch_indices):
                 results[i] = (_crop(mean[row], prepared[i].shape),
                               None if std is None else _crop(std[row], prepared[i].shape))
@@ -82,14 +78,49 @@ def translate_slices(model, images: Sequence[np.ndarray], direction: str = "mri2
     return results  # type: ignore[return-value]
 
 
-def _translate_batch(model, batch: np.ndarray, direction: str, samples: int):
-    inputs = keras.ops.convert_to_tensor(batch, dtype="float32")
-    if samples == 1:
-        out = model.translate(inputs, direction, sample=False)
-        return keras.ops.convert_to_numpy(out)[..., 0].astype(np.float32), None
-    draws = np.stack([keras.ops.convert_to_numpy(model.translate(inputs, direction, sample=True))
-                      [..., 0].astype(np.float32) for _ in range(samples)])
-    return draws.mean(axis=0), draws.std(axis=0)
+class _Passes:
+    """Forward passes over batches of same-shaped slices: padded, translated, (mean, std).
+
+    A model with generators runs the cached compiled function of one fixed
+    batch shape (``compiled.compiled_translation``); a short last batch is
+    padded with air slices up to it, so it needs no trace of its own. A
+    stand-in model (only ``translate``) runs eagerly on the batch as it is.
+    """
+
+    def __init__(self, model, direction: str, samples: int, shape: tuple[int, int],
+                 count: int, batch_size: int):
+        self.model, self.direction, self.samples, self.shape = model, direction, samples, shape
+        self.per_pass = max(1, min(batch_size, MAX_PASS_PIXELS // (shape[0] * shape[1]), count))
+        self.compiled = compiled_translation(model, direction, (self.per_pass, *shape),
+                                             sample=samples > 1)
+
+    def run(self, slices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Slices (at most ``per_pass``, each at most ``shape``) -> padded (mean, std or None)."""
+        rows = self.per_pass if self.compiled is not None else len(slices)
+        batch = np.full((rows, *self.shape, 1), units.AIR_UNIT, np.float32)
+        for row, image in enumerate(slices):
+            top, left = ((pad - side) // 2 for pad, side in zip(self.shape, image.shape))
+            batch[row, top:top + image.shape[0], left:left + image.shape[1], 0] = image
+        if self.samples == 1:
+            return self._forward(batch)[:len(slices)], None
+        draws = np.stack([self._forward(batch)[:len(slices)] for _ in range(self.samples)])
+        return draws.mean(axis=0), draws.std(axis=0)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        if self.compiled is not None:
+            return self.compiled(batch)
+        out = self.model.translate(keras.ops.convert_to_tensor(batch, dtype="float32"),
+                                   self.direction, sample=self.samples > 1)
+        return keras.ops.convert_to_numpy(out)[..., 0].astype(np.float32)
+
+
+def _checked_counts(samples, batch_size) -> tuple[int, int]:
+    samples, batch_size = int(samples), int(batch_size)
+    if samples < 1:
+        raise VAEGANError(None, f"samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise VAEGANError(None, f"batch size must be >= 1, got {batch_size}")
+    return samples, batch_size
 
 
 def check_slice_pixels(path: str | None, shape: tuple[int, int], stride: int) -> None:
@@ -125,13 +156,6 @@ def _as_2d(image) -> np.ndarray:
 
 def _padded_shape(shape: tuple[int, int], stride: int) -> tuple[int, int]:
     return tuple(-(-side // stride) * stride for side in shape)  # type: ignore[return-value]
-
-
-def _pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pad evenly on both sides of each axis with air (``AIR_UNIT``)."""
-    extra = [target - side for target, side in zip(shape, image.shape)]
-    widths = [(e // 2, e - e // 2) for e in extra]
-    return np.pad(image, widths, mode="constant", constant_values=units.AIR_UNIT)
 
 
 def _crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -203,30 +227,67 @@ def std_scale(mapping: units.IntensityMap) -> np.float32:
 
 @dataclass
 class TranslatedVolume:
-    """A volume translated slice by slice: canonical [slices, rows, cols] arrays."""
+    """A volume translated slice by slice: canonical [slices, rows, cols] arrays in output units.
 
-    unit_input: np.ndarray  # the input in model units
-    unit_mean: np.ndarray  # the translation in model units
+    Only the outputs are held; the model-unit views (``unit_input``,
+    ``unit_mean``) are mapped on request, whole or one slice at a time.
+    """
+
     mean: np.ndarray  # the translation in output units (HU for CT)
     std: np.ndarray | None  # per-voxel std over latent draws in output units (samples > 1)
+    source: np.ndarray  # the input voxels in file units
+    map_in: units.IntensityMap  # file units -> model units for the input
+    map_out: units.IntensityMap  # model units -> output units
+
+    @property
+    def unit_input(self) -> np.ndarray:
+        """The input in model units."""
+        return self.map_in.to_unit(self.source)
+
+    @property
+    def unit_mean(self) -> np.ndarray:
+        """The translation in model units."""
+        return self.map_out.to_unit(self.mean)
+
+    def unit_slice(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Slice ``index`` in model units: (input, translation, std or None)."""
+        std = None if self.std is None else self.std[index] / std_scale(self.map_out)
+        return (self.map_in.to_unit(self.source[index]), self.map_out.to_unit(self.mean[index]),
+                std)
 
 
 def translate_volume(run: LoadedRun, volume: Volume, direction: str = "mri2ct",
                      samples: int = 1, batch_size: int = 4,
                      on_done: Callable[[int], None] | None = None) -> TranslatedVolume:
-    """Translate every axial slice of a volume (in batches) and map back to output units."""
+    """Translate every axial slice of a volume and map it back to output units.
+
+    The volume streams through in batches: each is mapped to model units,
+    translated by the compiled pass (``_Passes``) and written into the output
+    arrays in output units, so the working memory is one batch whatever the
+    slice count.
+    """
     in_modality, out_modality = direction_modalities(direction)
     if volume.modality != in_modality:
         raise VAEGANError(volume.path, f"was read as {volume.modality.upper()}, but {direction} "
                                        f"translates {in_modality.upper()}")
+    samples, batch_size = _checked_counts(samples, batch_size)
     map_in = volume_input_map(volume, in_modality, run.config)
     map_out = volume_output_map(out_modality, run.config, volume.path)
-    unit_input = map_in.to_unit(volume.voxels)
-    results = translate_slices(run.model, list(unit_input), direction, samples, batch_size,
-                               on_done=on_done)
-    unit_mean = np.stack([mean for mean, _ in results])
-    std = None
-    if samples > 1:
-        std = np.stack([s for _, s in results]) * std_scale(map_out)
-    return TranslatedVolume(unit_input=unit_input, unit_mean=unit_mean,
-                            mean=map_out.from_unit(unit_mean), std=std)
+    voxels = volume.voxels
+    count, rows, cols = voxels.shape
+    stride = int(run.model.total_stride)
+    shape = _padded_shape((rows, cols), stride)
+    check_slice_pixels(volume.path, shape, stride)
+    passes = _Passes(run.model, direction, samples, shape, count, batch_size)
+    mean = np.empty(voxels.shape, np.float32)
+    std = np.empty(voxels.shape, np.float32) if samples > 1 else None
+    top, left = ((pad - side) // 2 for pad, side in zip(shape, (rows, cols)))
+    for start in range(0, count, passes.per_pass):
+        stop = min(start + passes.per_pass, count)
+        batch_mean, batch_std = passes.run(map_in.to_unit(voxels[start:stop]))
+        mean[start:stop] = map_out.from_unit(batch_mean[:, top:top + rows, left:left + cols])
+        if std is not None:
+            std[start:stop] = batch_std[:, top:top + rows, left:left + cols] * std_scale(map_out)
+        if on_done is not None:
+            on_done(stop - start)
+    return TranslatedVolume(mean=mean, std=std, source=voxels, map_in=map_in, map_out=map_out)
