@@ -321,3 +321,43 @@ def test_a_single_sagittal_slice_is_never_cut_into_strips(tmp_path, loaded):
     outputs = _dicom_outputs(out)
     assert len(outputs) == 1 and len(written) == 2  # the slice and the overview
     assert (outputs[0].Rows, outputs[0].Columns) == (header.Rows, header.Columns)
+
+
+class _Eager:
+    """The model behind a stand-in that only has ``translate``: today's eager pass, unpadded."""
+
+    def __init__(self, model):
+        self.model, self.total_stride = model, model.total_stride
+
+    def translate(self, inputs, direction, sample=False):
+        return self.model.translate(inputs, direction, sample=sample)
+
+
+def test_compiled_pass_is_traced_once_and_reused_across_volumes(tmp_path, run_dir):
+    import nibabel as nib
+
+    from keras_vaegan.inference.compiled import _CACHE, compiled_translation
+    from keras_vaegan.inference.translate import volume_input_map, volume_output_map
+
+    run = load_run(str(run_dir))  # a model of its own: nothing compiled for it yet
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, count in (("a", 7), ("b", 5)):  # 7 = 3 + 3 + 1: the last batch is padded
+        data = np.stack([_mri(37, 45, seed=k) for k in range(count)], axis=-1)
+        nib.save(nib.Nifti1Image(np.transpose(data, (1, 0, 2)), np.eye(4)),
+                 str(folder / f"{name}.nii.gz"))
+    predict(folder, tmp_path / "out", run=run, batch_size=3, progress=None)
+
+    stride = run.model.total_stride
+    shape = (3, -(-37 // stride) * stride, -(-45 // stride) * stride)
+    assert list(_CACHE[run.model]) == [("mri2ct", shape, False)]  # one function for both
+    assert compiled_translation(run.model, "mri2ct", shape, sample=False).traces == 1
+    for name in ("a", "b"):
+        volume = volumes.read_volume(folder / f"{name}.nii.gz", "mri")
+        unit = volume_input_map(volume, "mri", run.config).to_unit(volume.voxels)
+        eager = translate_slices(_Eager(run.model), list(unit), "mri2ct", batch_size=3)
+        expected = volume_output_map("ct", run.config).from_unit(np.stack([m for m, _ in eager]))
+        written = volumes.read_volume(tmp_path / "out" / f"{name}.nii.gz", "ct").voxels
+        assert written.shape == expected.shape == volume.voxels.shape
+        low, high = run.config.ct_window_hu
+        np.testing.assert_allclose(written, expected, rtol=0, atol=1e-5 * (high - low) / 2)
