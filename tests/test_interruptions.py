@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY
+from test_training import tensorboard_steps
 
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.training.fit import fit
@@ -65,6 +66,26 @@ def history_epochs(run) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
+def run_cli_until_killed(run, config, fault, resume=True):
+    """``fit`` (or ``fit --resume``) with a fault point armed; returns the finished process."""
+    args = [sys.executable, os.path.join(ROOT, "cli.py"), "fit", *(["--resume"] if resume else []),
+            "--output", str(run), "--config", config, "--quiet"]
+    env = {**os.environ, "KERAS_VAEGAN_FAULT": fault} if fault else None
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+
+
+def assert_records_of(run, committed: int) -> None:
+    """Every committed epoch has one history row, a snapshot, TensorBoard scalars and image."""
+    epochs = history_epochs(run)
+    assert epochs in (list(range(committed)), list(range(committed + 1))), epochs
+    snapshots = sorted(os.listdir(run / "snapshots"))
+    assert [f"epoch-{e + 1:04d}.png" for e in range(committed)] == snapshots[:committed]
+    steps = tensorboard_steps(run / "logs" / "train")
+    assert steps, "no TensorBoard events"
+    for tag in ("epoch_g_loss", "epoch_cycle", "epoch_d_ct", "snapshot"):
+        assert set(range(committed)) <= steps.get(tag, set()), (tag, steps.get(tag))
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_the_last_complete_epoch(tmp_path):
     run, config = tmp_path / "run", tiny_json(tmp_path, epochs=4, steps_per_epoch=3)
@@ -95,6 +116,39 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     assert "resuming after epoch 1 of 3" in result.stderr
     assert not any(name.startswith(".tmp-") for name in os.listdir(run / "checkpoints"))
     assert finished_iterations(run) == 6
+
+
+# (fault armed, epochs committed once the process is killed there): each boundary between
+# the end-of-epoch writers once. The first kill comes after the first commit (--resume needs
+# a checkpoint); each later run resumes the one before and is killed in turn.
+KILLS = [("checkpoint-written:1", 1), ("snapshot-written:2", 1), ("history-written:2", 1),
+         ("history-plot-written:2", 1), ("tensorboard-written:2", 1), ("checkpoint-write:2", 1),
+         ("history-written:3", 2), ("checkpoint-written:3", 3)]
+
+
+@pytest.mark.slow
+def test_a_kill_between_any_two_end_of_epoch_writes_loses_no_record(tmp_path):
+    run, config = tmp_path / "run", tiny_json(tmp_path, epochs=4, steps_per_epoch=2)
+    for number, (fault, committed) in enumerate(KILLS):
+        killed = run_cli_until_killed(run, config, fault, resume=number > 0)
+        assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr[-3000:])
+        state = json.loads((run / "checkpoints" / "state.json").read_text())
+        assert state["epoch"] == committed, fault
+        assert_records_of(run, committed)
+    result = run_cli_until_killed(run, config, None)
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch 3 of 4" in result.stderr
+    assert history_epochs(run) == [0, 1, 2, 3]  # one row per epoch, in order
+    assert sorted(os.listdir(run / "snapshots")) == [f"epoch-{e:04d}.png" for e in (1, 2, 3, 4)]
+    steps = tensorboard_steps(run / "logs" / "train")
+    scalars = [tag for tag in steps if tag.startswith("epoch_")]
+    assert len(scalars) >= 9 and all(steps[tag] == {0, 1, 2, 3} for tag in scalars), steps
+    assert steps["snapshot"] == {0, 1, 2, 3}
+    assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    leftovers = [name for folder in (run, run / "snapshots", run / "checkpoints")
+                 for name in os.listdir(folder) if name.startswith(".tmp-")]
+    assert leftovers == []
+    assert finished_iterations(run) == 8  # 4 epochs x 2 steps: the redone epochs not counted twice
 
 
 @pytest.mark.slow

@@ -244,3 +244,115 @@ def test_history_of_a_resumed_run_stays_one_table_when_its_columns_change(tmp_pa
     with open(path, newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
     assert (last["epoch"], last["cycle"], last["kl"], last["structure"]) == ("3", "0.1", "0.8", "0.3")
+
+
+def tensorboard_steps(folder) -> dict[str, set[int]]:
+    """Tag -> the steps it was written at, over every event file in a TensorBoard folder."""
+    steps: dict[str, set[int]] = {}
+    for name in sorted(os.listdir(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, set()).add(int(event.step))
+    return steps
+
+
+def tensorboard_images(folder, tag: str) -> dict[int, tuple[int, int, bytes]]:
+    """Step -> (width, height, PNG) of the image summaries named ``tag``."""
+    images = {}
+    for name in sorted(os.listdir(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                if value.tag == tag and value.metadata.plugin_data.plugin_name == "images":
+                    width, height, png = value.tensor.string_val
+                    images[int(event.step)] = (int(width), int(height), png)
+    return images
+
+
+class CaptureHistoryPlot(keras.callbacks.Callback):
+    """Reads history.png after the run's own callbacks at each epoch end."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        with open(self.path, "rb") as handle:
+            self.seen.append(handle.read())
+
+
+@pytest.fixture(scope="module")
+def three_epoch_run(tmp_path_factory):
+    from conftest import TINY
+
+    from keras_vaegan.config import Config
+
+    run = tmp_path_factory.mktemp("runs") / "three"
+    capture = CaptureHistoryPlot(str(run / "history.png"))
+    fit(Config(**TINY).replace(epochs=3, steps_per_epoch=1), output=str(run), verbose=0,
+        callbacks=[capture])
+    return run, capture.seen
+
+
+def test_fit_redraws_history_png_at_each_epoch_end(three_epoch_run):
+    from PIL import Image
+
+    run, seen = three_epoch_run
+    assert len(seen) == 3
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in seen)
+    assert len(set(seen)) == 3  # a new curve point each epoch
+    assert (run / "history.png").read_bytes() == seen[-1]
+    assert len(seen[-1]) < 150_000
+    with Image.open(run / "history.png") as image:
+        assert max(image.size) <= 1200
+
+
+def test_tensorboard_gets_the_snapshot_grid_of_every_epoch(three_epoch_run):
+    from PIL import Image
+
+    run, _ = three_epoch_run
+    images = tensorboard_images(run / "logs" / "train", "snapshot")
+    assert sorted(images) == [0, 1, 2]
+    for epoch, (width, height, png) in images.items():
+        with Image.open(run / "snapshots" / f"epoch-{epoch + 1:04d}.png") as snapshot:
+            assert (width, height) == snapshot.size
+            expected = np.asarray(snapshot.convert("RGB"))
+        decoded = tf.io.decode_png(png, channels=3).numpy()
+        np.testing.assert_array_equal(decoded, expected)  # the snapshot's own pixels
+    steps = tensorboard_steps(run / "logs" / "train")
+    assert steps["epoch_g_loss"] == {0, 1, 2}
+
+
+def test_history_drops_the_rows_of_epochs_trained_again_on_resume(tmp_path):
+    from keras_vaegan.training.callbacks import HistoryLogger
+
+    path = tmp_path / "history.csv"
+    first = HistoryLogger(str(path))
+    first.on_train_begin()
+    for epoch in range(4):  # epochs 2 and 3 were written, but the checkpoint says 2 are done
+        first.on_epoch_end(epoch, {"cycle": 1.0 - epoch / 10, "kl": 1.0})
+    resumed = HistoryLogger(str(path), append=True, first_epoch=2)
+    resumed.on_train_begin()
+    with open(path, newline="") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+    resumed.on_epoch_end(2, {"cycle": 0.5, "kl": 0.9})
+    resumed.on_epoch_end(2, {"cycle": 0.4, "kl": 0.8})  # an epoch retrained replaces its row
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["epoch"], row["cycle"]) for row in rows] == [("0", "1.0"), ("1", "0.9"),
+                                                              ("2", "0.4")]
+    assert path.read_bytes().count(b"\r\n") == 4  # Keras's CSVLogger line ends, as before
+
+
+def test_history_plot_draws_validation_curves_where_logged(tmp_path):
+    from keras_vaegan.training.history import write_history_plot
+
+    header = "epoch,cycle,kl,val_cycle,val_kl\r\n"
+    (tmp_path / "train.csv").write_text(header + "0,1.0,2.0,NA,NA\r\n1,0.8,1.5,NA,NA\r\n")
+    (tmp_path / "both.csv").write_text(header + "0,1.0,2.0,1.1,2.1\r\n1,0.8,1.5,0.9,1.7\r\n")
+    for name in ("train", "both"):
+        write_history_plot(tmp_path / f"{name}.csv", tmp_path / f"{name}.png")
+    train, both = ((tmp_path / f"{n}.png").read_bytes() for n in ("train", "both"))
+    assert train[:8] == both[:8] == b"\x89PNG\r\n\x1a\n"
+    assert train != both
+    assert sorted(os.listdir(tmp_path)) == ["both.csv", "both.png", "train.csv", "train.png"]

@@ -1,8 +1,9 @@
 """Train a VAE-CycleGAN run: data -> model -> ``keras.Model.fit`` with callbacks.
 
 A run directory holds everything needed to predict, resume or inspect:
-``model.keras``, ``config.json``, ``history.csv``, ``checkpoints/``,
-``snapshots/`` and ``logs/`` (TensorBoard).
+``model.keras``, ``config.json``, ``history.csv`` and ``history.png``,
+``checkpoints/``, ``snapshots/`` and ``logs/`` (TensorBoard: scalars and
+the snapshot grids).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.data.pipeline import make_training_dataset, make_validation_batch
 from keras_vaegan.data.training_data import load_training_data
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.io.atomic import atomic_path
+from keras_vaegan.io.atomic import atomic_path, remove_partial_writes
 from keras_vaegan.models.vaecyclegan import VAECycleGAN
 from keras_vaegan.training.callbacks import (
+    CHECKPOINTS,
+    SNAPSHOTS,
     GracefulInterrupt,
-    HistoryLogger,
-    ResumableCheckpoint,
-    SnapshotCallback,
+    epoch_writers,
     read_checkpoint_state,
     restore_checkpoint,
 )
@@ -55,7 +56,7 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
     show = bool(verbose) if messages is None else messages
     say = _print_message if show else (lambda text: None)
     run = output or default_run_dir()
-    checkpoints = os.path.join(run, "checkpoints")
+    checkpoints = os.path.join(run, CHECKPOINTS)
     if resume:
         if read_checkpoint_state(checkpoints) is None:
             raise VAEGANError(run, "nothing to resume: no checkpoint in this run folder")
@@ -88,7 +89,7 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     say(f"backend: {keras.backend.backend()}, precision policy: {policy}, "
                   f"distribution: {distribution.name} ({distribution.replicas} replica(s))")
     try:
-        os.makedirs(os.path.join(run, "snapshots"), exist_ok=True)
+        os.makedirs(os.path.join(run, SNAPSHOTS), exist_ok=True)
     except OSError as err:
         raise VAEGANError(run, f"cannot create the run folder ({err.strerror})") from None
     config.save(os.path.join(run, CONFIG_FILE))
@@ -105,15 +106,13 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
         initial_epoch = restore_checkpoint(model, checkpoints) if resume else 0
     if resume:
         say(f"resuming after epoch {initial_epoch} of {config.epochs}")
+        if distribution.is_chief:  # writes a kill cut short
+            for folder in (run, os.path.join(run, SNAPSHOTS)):
+                remove_partial_writes(folder)
     # Only the chief writes (multi-worker training); the others train in step.
     interrupt = GracefulInterrupt()
-    writers = [
-        ResumableCheckpoint(checkpoints, interrupt=interrupt),
-        SnapshotCallback(val_mri, val_ct, os.path.join(run, "snapshots")),
-        HistoryLogger(os.path.join(run, "history.csv"), append=resume),
-        keras.callbacks.TensorBoard(os.path.join(run, "logs"), write_graph=False,
-                                    profile_batch=0),
-    ] if distribution.is_chief else []
+    writers = epoch_writers(run, val_mri, val_ct, interrupt=interrupt, resume=resume,
+                            initial_epoch=initial_epoch) if distribution.is_chief else []
     callbacks = [interrupt, keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
     if initial_epoch < config.epochs:
         history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
