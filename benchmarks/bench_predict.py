@@ -1,21 +1,33 @@
 """Prediction speed and memory for a whole volume: in-process and via the SavedModel.
 
-Makes a NIfTI MRI volume (phantom anatomy, ``--image-size`` square slices,
-``--slices`` of them; default 256x256x200), builds a run with the default
-model (untrained: speed does not depend on the weights) unless ``--model`` is
-given, then times ``predict`` on it in a fresh process and the exported
-SavedModel in another fresh process, each reporting its peak RSS. The
-in-process figure is also given as GFLOP/s and as a fraction of the conv peak
-measured in this run, in the run's precision (``bench_peak.conv_peak``; end
-to end, so loading and I/O count against it); results/peak-*.json is never read.
+Makes NIfTI MRI volumes (phantom anatomy, ``--image-size`` square slices,
+``--slices`` of them and half as many; default 256x256x200 and x100), builds
+a run with the default model (untrained: speed does not depend on the
+weights) unless ``--model`` is given, then in fresh processes, ``--repeats``
+times each (medians reported):
 
-    python benchmarks/bench_predict.py [--image-size 256] [--slices 200] [--batch-size 8]
+- ``predict`` on the volume: the whole process (Python start, imports, model
+  load, read, translate, write) and the ``predict`` call alone (read,
+  translate, write), with the process's peak RSS; also once on the half
+  volume, to show that peak RSS does not grow with the slice count;
+- the exported SavedModel on the same volume, batch by batch: the whole
+  process and the serving loop alone (no NIfTI written).
+
+In this process it then measures the compiled forward pass alone on one
+batch (``inference.compiled``) and the 3x3 conv peak
+(``bench_peak.conv_peak``, compiled, in the run's precision), and reports
+``flops_per_slice`` and, for the forward pass and for the ``predict`` call,
+GFLOP/s and ``fraction_of_peak``. results/peak-*.json is never read.
+
+    python benchmarks/bench_predict.py [--image-size 256] [--slices 200] [--batch-size 8] \
+        [--mixed-precision bfloat16] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +45,12 @@ PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).
 IN_PROCESS = r"""
 import json, sys, time
 t = time.perf_counter()
-from keras_vaegan.inference.predict import predict
-written = predict(sys.argv[1], sys.argv[2], run=sys.argv[3], batch_size=int(sys.argv[4]),
-                  progress=False)
-print(json.dumps({"seconds": time.perf_counter() - t, "files": len(written),
+from keras_vaegan.inference.predict import load_run, predict
+run = load_run(sys.argv[3])
+call = time.perf_counter()
+written = predict(sys.argv[1], sys.argv[2], run=run, batch_size=int(sys.argv[4]), overwrite=True)
+end = time.perf_counter()
+print(json.dumps({"seconds": end - t, "call_seconds": end - call, "files": len(written),
                   "peak_rss_mb": PEAK}))
 """
 
@@ -50,19 +64,30 @@ volume = np.asarray(nib.load(sys.argv[1]).dataobj, dtype="float32")  # [x, y, sl
 serve = tf.saved_model.load(sys.argv[2]).signatures["serving_default"]
 batch = int(sys.argv[3])
 slices = np.moveaxis(volume, -1, 0)[..., None]
+loop = time.perf_counter()
 out = [serve(images=tf.constant(slices[i:i + batch]))["translated"].numpy()
        for i in range(0, len(slices), batch)]
-print(json.dumps({"seconds": time.perf_counter() - t, "slices": int(sum(len(o) for o in out)),
-                  "peak_rss_mb": PEAK}))
+end = time.perf_counter()
+print(json.dumps({"seconds": end - t, "call_seconds": end - loop,
+                  "slices": int(sum(len(o) for o in out)), "peak_rss_mb": PEAK}))
 """
 
 
 def run_python(code: str, *args) -> dict:
-    result = subprocess.run([sys.executable, "-c", code.replace("PEAK", PEAK), *map(str, args)], capture_output=True,
-                            text=True, timeout=3600)
+    result = subprocess.run([sys.executable, "-c", code.replace("PEAK", PEAK), *map(str, args)],
+                            capture_output=True, text=True, timeout=3600)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def median_of(code: str, repeats: int, *args) -> dict:
+    """Each figure's median over ``repeats`` fresh processes (peak RSS: the largest)."""
+    runs = [run_python(code, *args) for _ in range(repeats)]
+    medians = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "call_seconds")}
+    return {**medians, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "all_seconds": [round(r["seconds"], 2) for r in runs],
+            "all_call_seconds": [round(r["call_seconds"], 2) for r in runs]}
 
 
 def make_volume(path: str, size: int, slices: int) -> None:
@@ -90,49 +115,87 @@ def make_run(folder: str) -> str:
     return folder
 
 
-def end_to_end(run: str, policy: str, image_size: int, slices: int, batch_size: int,
-               seconds: float, peak_repeats: int = 5) -> dict:
-    """The in-process prediction as GFLOP/s and a fraction of the conv peak measured now."""
+def forward_pass(run: str, image_size: int, batch_size: int, repeats: int) -> float:
+    """Median seconds of the compiled forward pass on one batch of ``image_size`` slices."""
+    import numpy as np
+
+    from keras_vaegan.inference.compiled import compiled_translation
+    from keras_vaegan.inference.runs import load_run
+
+    model = load_run(run).model
+    translate = compiled_translation(model, "mri2ct", (batch_size, image_size, image_size),
+                                     sample=False)
+    batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, image_size, image_size, 1))
+    batch = batch.astype(np.float32)
+    return common.median_seconds(lambda: translate(batch), repeats)
+
+
+def speed(run: str, policy: str, args, in_process: dict, served: dict) -> dict:
+    """Slices/s, GFLOP/s and fractions of the conv peak measured now, on this machine."""
     from bench_peak import conv_peak, fraction_of_peak
     from flops import inference_flops_per_image
 
     from keras_vaegan.config import CONFIG_FILE, Config
 
     config = Config.load(os.path.join(run, CONFIG_FILE), saved_run=True)
-    achieved = inference_flops_per_image(config, image_size) * slices / seconds / 1e9
-    peak = conv_peak(policy, image_size, batch_size, peak_repeats)
-    return {"in_process_achieved_gflops": round(achieved, 1),
-            **{f"in_process_{k}": v for k, v in fraction_of_peak(achieved, peak).items()}}
+    flops = inference_flops_per_image(config, args.image_size)
+    forward_s = forward_pass(run, args.image_size, args.batch_size, args.repeats + 2)
+    peak = conv_peak(policy, args.image_size, args.batch_size, 5)
+    result = {"flops_per_slice": flops}
+    for name, slices_per_s in (
+            ("forward", args.batch_size / forward_s),
+            ("in_process_call", args.slices / in_process["call_seconds"]),
+            ("in_process", args.slices / in_process["seconds"]),
+            ("savedmodel_call", args.slices / served["call_seconds"]),
+            ("savedmodel", args.slices / served["seconds"])):
+        achieved = flops * slices_per_s / 1e9
+        fraction = fraction_of_peak(achieved, peak)
+        result.update({f"{name}_slices_per_s": round(slices_per_s, 2),
+                       f"{name}_achieved_gflops": round(achieved, 1),
+                       f"{name}_fraction_of_peak": fraction.pop("fraction_of_peak")})
+    return {**result, **fraction}
 
 
 def main() -> None:
     parser = common.parser(__doc__, image_size=256, batch_size=8, steps=1)
     parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per figure")
     parser.add_argument("--model", help="run folder (default: an untrained default model)")
     args = parser.parse_args()
     from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(args.mixed_precision)
+    half = max(1, args.slices // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        volume = os.path.join(tmp, "mri.nii.gz")
+        volume, small = os.path.join(tmp, "mri.nii.gz"), os.path.join(tmp, "half", "mri.nii.gz")
         make_volume(volume, args.image_size, args.slices)
+        os.makedirs(os.path.dirname(small))
+        make_volume(small, args.image_size, half)
         run = args.model or make_run(os.path.join(tmp, "run"))
         from keras_vaegan.inference.export import export_run
 
         exported = export_run(run, os.path.join(tmp, "export"))
-        in_process = run_python(IN_PROCESS, volume, os.path.join(tmp, "out"), run, args.batch_size)
-        served = run_python(SAVED_MODEL, volume, exported, args.batch_size)
-        speed = end_to_end(run, policy, args.image_size, args.slices, args.batch_size,
-                           in_process["seconds"])
+        out = os.path.join(tmp, "out")
+        in_process = median_of(IN_PROCESS, args.repeats, volume, out, run, args.batch_size)
+        halved = run_python(IN_PROCESS, small, out, run, args.batch_size)
+        served = median_of(SAVED_MODEL, args.repeats, volume, exported, args.batch_size)
+        figures = speed(run, policy, args, in_process, served)
     result = {
         "benchmark": "predict", **common.machine(), "policy": policy,
         "volume": [args.image_size, args.image_size, args.slices], "batch_size": args.batch_size,
+        "repeats": args.repeats,
         "in_process_seconds": round(in_process["seconds"], 2),
-        "in_process_slices_per_s": round(args.slices / in_process["seconds"], 2),
-        "in_process_peak_rss_mb": round(in_process["peak_rss_mb"], 1), **speed,
+        "in_process_call_seconds": round(in_process["call_seconds"], 2),
+        "in_process_peak_rss_mb": round(in_process["peak_rss_mb"], 1),
+        f"in_process_peak_rss_mb_{half}_slices": round(halved["peak_rss_mb"], 1),
         "savedmodel_seconds": round(served["seconds"], 2),
-        "savedmodel_slices_per_s": round(args.slices / served["seconds"], 2),
+        "savedmodel_call_seconds": round(served["call_seconds"], 2),
         "savedmodel_peak_rss_mb": round(served["peak_rss_mb"], 1),
+        **figures,
+        "runs_seconds": {"in_process": in_process["all_seconds"],
+                         "in_process_call": in_process["all_call_seconds"],
+                         "savedmodel": served["all_seconds"],
+                         "savedmodel_call": served["all_call_seconds"]},
     }
     common.write_result(f"predict-{result['backend']}-{policy}-{args.image_size}px", result)
 
