@@ -163,15 +163,19 @@ def predict_speed(results: Results, names: list[str]) -> str:
         r = results(f"predict-{name}")
         size, _, slices = r["volume"]
         precision = {"float32": "off", "mixed_bfloat16": "bfloat16"}[r["policy"]]
+        repeats = f" --repeats {r.get('repeats', 1)}"  # files before --repeats ran one process each
         command = (f"`KERAS_BACKEND={r['backend']} python benchmarks/bench_predict.py --image-size {size} "
-                   f"--slices {slices} --batch-size {r['batch_size']} --mixed-precision {precision}`")
+                   f"--slices {slices} --batch-size {r['batch_size']} --mixed-precision {precision}"
+                   f"{repeats}`")
         volume = "x".join(str(n) for n in r["volume"])
         for way, key in (("`predict` in process", "in_process"), ("SavedModel", "savedmodel")):
+            call = r.get(key + "_call_seconds")  # newer files: the call alone, without start-up
             rows.append([volume, r["policy"], way, f"{r[key + '_seconds']:.1f}",
+                         "n/a" if call is None else f"{call:.1f}",
                          f"{r[key + '_slices_per_s']:.1f}", f"{r[key + '_peak_rss_mb'] / 1000:.1f}",
                          command])
-    return _markdown(["volume", "precision", "how", "seconds", "slices/s", "peak RSS (GB)",
-                      "reproduce"], rows)
+    return _markdown(["volume", "precision", "how", "whole process (s)", "call alone (s)",
+                      "slices/s", "peak RSS (GB)", "reproduce"], rows)
 
 
 # ---- which runs each table shows ----
