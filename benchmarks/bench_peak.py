@@ -56,16 +56,26 @@ def matmul_gflops(dtype: str, n: int, repeats: int) -> float:
     return 2 * n ** 3 / _timed(run, (a, b), repeats) / 1e9
 
 
-def conv_gflops(dtype: str, side: int, batch: int, channels: int, repeats: int) -> float:
-    """A 3x3 Conv2D, channels -> channels, 'same' padding: the generator's workhorse."""
+def conv_probe(dtype: str, side: int, batch: int, channels: int):
+    """(call, flops): a compiled 3x3 Conv2D, channels -> channels, 'same', and its FLOPs.
+
+    ``call()`` runs it once and waits for the result; a caller may interleave
+    it with what it measures, so that both see the same load.
+    """
     import keras
 
     x = keras.random.normal((batch, side, side, channels), dtype=dtype)
     kernel = keras.random.normal((3, 3, channels, channels), dtype=dtype)
     run = compiled(lambda x, kernel: keras.ops.cast(
         keras.ops.sum(keras.ops.conv(x, kernel, padding="same")), "float32"))
-    flops = 2 * batch * side * side * 9 * channels * channels
-    return flops / _timed(run, (x, kernel), repeats) / 1e9
+    return (lambda: keras.ops.convert_to_numpy(run(x, kernel)),
+            2 * batch * side * side * 9 * channels * channels)
+
+
+def conv_gflops(dtype: str, side: int, batch: int, channels: int, repeats: int) -> float:
+    """A 3x3 Conv2D, channels -> channels, 'same' padding: the generator's workhorse."""
+    call, flops = conv_probe(dtype, side, batch, channels)
+    return flops / common.median_seconds(call, repeats) / 1e9
 
 
 PEAK_CHANNELS = 128  # the generator's residual blocks: 4 * gen_filters channels
@@ -82,20 +92,35 @@ def compute_dtype(policy: str) -> str:
     return keras.DTypePolicy(policy).compute_dtype
 
 
-def conv_peak(policy: str, image_size: int, batch_size: int, repeats: int = 5) -> dict:
-    """This machine's 3x3 conv GFLOP/s now, in ``policy``'s compute precision: measured here.
+def peak_probe(policy: str, image_size: int, batch_size: int):
+    """(call, flops, description) of the peak conv for ``policy`` and an image size.
 
-    Compiled (``compiled``), as the steps it is compared with are.
     The generator's residual blocks at 1/4 resolution are the shape (at least
-    MIN_PEAK_SIDE). Returns the figure with what it was measured on, to be
-    stored beside a fraction.
+    MIN_PEAK_SIDE), in the policy's compute precision, compiled.
     """
     dtype = compute_dtype(policy)
     side = max(MIN_PEAK_SIDE, image_size // 4)
-    gflops = conv_gflops(dtype, side, batch_size, PEAK_CHANNELS, repeats)
+    call, flops = conv_probe(dtype, side, batch_size, PEAK_CHANNELS)
+    return call, flops, (dtype, f"3x3 conv {PEAK_CHANNELS}->{PEAK_CHANNELS} channels, "
+                                f"{side}x{side}, batch {batch_size}, compiled")
+
+
+def peak_record(gflops: float, described: tuple[str, str], repeats: int) -> dict:
+    """The peak with what it was measured on, to be stored beside a fraction."""
+    dtype, shape = described
     return {"peak_gflops": gflops, "peak_dtype": dtype,
-            "peak_shape": f"3x3 conv {PEAK_CHANNELS}->{PEAK_CHANNELS} channels, "
-                          f"{side}x{side}, batch {batch_size}, compiled, median of {repeats}"}
+            "peak_shape": f"{shape}, median of {repeats}"}
+
+
+def conv_peak(policy: str, image_size: int, batch_size: int, repeats: int = 5) -> dict:
+    """This machine's 3x3 conv GFLOP/s now, in ``policy``'s compute precision: measured here.
+
+    Compiled (``compiled``), as the steps it is compared with are; the shape
+    is ``peak_probe``'s.
+    """
+    call, flops, described = peak_probe(policy, image_size, batch_size)
+    gflops = flops / common.median_seconds(call, repeats) / 1e9
+    return peak_record(gflops, described, repeats)
 
 
 def fraction_of_peak(achieved_gflops: float, peak: dict) -> dict:

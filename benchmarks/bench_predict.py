@@ -10,14 +10,17 @@ times each (medians reported):
   load, read, translate, write) and the ``predict`` call alone (read,
   translate, write), with the process's peak RSS; also once on the half
   volume, to show that peak RSS does not grow with the slice count;
-- the exported SavedModel on the same volume, batch by batch: the whole
-  process and the serving loop alone (no NIfTI written).
+- the exported SavedModel on the same volume, batch by batch, as a client
+  would use it: the whole process (imports, load, read, serve, write the
+  translated .nii.gz) and the serving loop alone.
 
-In this process it then measures the compiled forward pass alone on one
-batch (``inference.compiled``) and the 3x3 conv peak
-(``bench_peak.conv_peak``, compiled, in the run's precision), and reports
-``flops_per_slice`` and, for the forward pass and for the ``predict`` call,
-GFLOP/s and ``fraction_of_peak``. results/peak-*.json is never read.
+In this process it then times, in turn (a, b, c, a, b, c... so that load
+from other jobs hits all three alike): one batch through the compiled
+forward pass (``inference.compiled``), one through the SavedModel, and the
+3x3 conv peak (``bench_peak.peak_probe``: compiled, in the run's
+precision). It reports ``flops_per_slice`` and, for each way, slices/s,
+GFLOP/s and ``fraction_of_peak`` against that peak. results/peak-*.json is
+never read.
 
     python benchmarks/bench_predict.py [--image-size 256] [--slices 200] [--batch-size 8] \
         [--mixed-precision bfloat16] [--repeats 3]
@@ -60,7 +63,8 @@ import numpy as np
 t = time.perf_counter()
 import nibabel as nib
 import tensorflow as tf
-volume = np.asarray(nib.load(sys.argv[1]).dataobj, dtype="float32")  # [x, y, slices]
+image = nib.load(sys.argv[1])
+volume = np.asarray(image.dataobj, dtype="float32")  # [x, y, slices]
 serve = tf.saved_model.load(sys.argv[2]).signatures["serving_default"]
 batch = int(sys.argv[3])
 slices = np.moveaxis(volume, -1, 0)[..., None]
@@ -68,8 +72,11 @@ loop = time.perf_counter()
 out = [serve(images=tf.constant(slices[i:i + batch]))["translated"].numpy()
        for i in range(0, len(slices), batch)]
 end = time.perf_counter()
-print(json.dumps({"seconds": end - t, "call_seconds": end - loop,
-                  "slices": int(sum(len(o) for o in out)), "peak_rss_mb": PEAK}))
+translated = np.moveaxis(np.concatenate(out)[..., 0], 0, -1)
+nib.save(nib.Nifti1Image(translated, image.affine, image.header), sys.argv[4])
+written = time.perf_counter()
+print(json.dumps({"seconds": written - t, "call_seconds": end - loop,
+                  "slices": int(len(translated[0, 0])), "peak_rss_mb": PEAK}))
 """
 
 
@@ -115,9 +122,32 @@ def make_run(folder: str) -> str:
     return folder
 
 
-def forward_pass(run: str, image_size: int, batch_size: int, repeats: int) -> float:
-    """Median seconds of the compiled forward pass on one batch of ``image_size`` slices."""
+def interleaved(runs: dict, repeats: int) -> dict:
+    """Median seconds of each call, run in turn (a, b, c, a, b, c...) to share the load.
+
+    The first round traces and warms up, and is not counted.
+    """
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for index in range(repeats + 1):
+        for name, call in runs.items():
+            start = time.perf_counter()
+            call()
+            if index:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def forward_calls(run: str, exported: str, image_size: int, batch_size: int) -> dict:
+    """One batch through the compiled pass, and through the SavedModel, as calls.
+
+    The SavedModel takes raw intensities and maps units in its graph; the
+    compiled pass takes model units (predict maps them in numpy).
+    """
     import numpy as np
+    import tensorflow as tf
 
     from keras_vaegan.inference.compiled import compiled_translation
     from keras_vaegan.inference.runs import load_run
@@ -125,35 +155,46 @@ def forward_pass(run: str, image_size: int, batch_size: int, repeats: int) -> fl
     model = load_run(run).model
     translate = compiled_translation(model, "mri2ct", (batch_size, image_size, image_size),
                                      sample=False)
-    batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, image_size, image_size, 1))
-    batch = batch.astype(np.float32)
-    return common.median_seconds(lambda: translate(batch), repeats)
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    raw = np.random.default_rng(0).uniform(0, 1000, (batch_size, image_size, image_size, 1))
+    raw = raw.astype(np.float32)
+    unit = np.clip(raw / 500.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    return {"forward": lambda: translate(unit),
+            "savedmodel_forward": lambda: serve(images=tf.constant(raw))["translated"].numpy()}
 
 
-def speed(run: str, policy: str, args, in_process: dict, served: dict) -> dict:
-    """Slices/s, GFLOP/s and fractions of the conv peak measured now, on this machine."""
-    from bench_peak import conv_peak, fraction_of_peak
+def speed(run: str, exported: str, policy: str, args, in_process: dict, served: dict) -> dict:
+    """Slices/s, GFLOP/s and fractions of the conv peak measured now, on this machine.
+
+    The peak conv is timed interleaved with the two forward passes; the whole
+    processes ran before, so their fractions are against a peak taken later.
+    """
+    from bench_peak import peak_probe, peak_record
     from flops import inference_flops_per_image
 
     from keras_vaegan.config import CONFIG_FILE, Config
 
     config = Config.load(os.path.join(run, CONFIG_FILE), saved_run=True)
     flops = inference_flops_per_image(config, args.image_size)
-    forward_s = forward_pass(run, args.image_size, args.batch_size, args.repeats + 2)
-    peak = conv_peak(policy, args.image_size, args.batch_size, 5)
+    peak_call, peak_flops, described = peak_probe(policy, args.image_size, args.batch_size)
+    repeats = 2 * args.repeats + 1
+    seconds = interleaved({"peak": peak_call, **forward_calls(run, exported, args.image_size,
+                                                              args.batch_size)}, repeats)
+    peak = peak_record(peak_flops / seconds["peak"] / 1e9, described, repeats)
     result = {"flops_per_slice": flops}
     for name, slices_per_s in (
-            ("forward", args.batch_size / forward_s),
+            ("forward", args.batch_size / seconds["forward"]),
+            ("savedmodel_forward", args.batch_size / seconds["savedmodel_forward"]),
             ("in_process_call", args.slices / in_process["call_seconds"]),
             ("in_process", args.slices / in_process["seconds"]),
             ("savedmodel_call", args.slices / served["call_seconds"]),
             ("savedmodel", args.slices / served["seconds"])):
         achieved = flops * slices_per_s / 1e9
-        fraction = fraction_of_peak(achieved, peak)
         result.update({f"{name}_slices_per_s": round(slices_per_s, 2),
                        f"{name}_achieved_gflops": round(achieved, 1),
-                       f"{name}_fraction_of_peak": fraction.pop("fraction_of_peak")})
-    return {**result, **fraction}
+                       f"{name}_fraction_of_peak": round(achieved / peak["peak_gflops"], 3)})
+    return {**result, "peak_gflops": round(peak["peak_gflops"], 1),
+            "peak_dtype": peak["peak_dtype"], "peak_shape": peak["peak_shape"]}
 
 
 def main() -> None:
@@ -178,8 +219,9 @@ def main() -> None:
         out = os.path.join(tmp, "out")
         in_process = median_of(IN_PROCESS, args.repeats, volume, out, run, args.batch_size)
         halved = run_python(IN_PROCESS, small, out, run, args.batch_size)
-        served = median_of(SAVED_MODEL, args.repeats, volume, exported, args.batch_size)
-        figures = speed(run, policy, args, in_process, served)
+        served = median_of(SAVED_MODEL, args.repeats, volume, exported, args.batch_size,
+                           os.path.join(tmp, "served.nii.gz"))
+        figures = speed(run, exported, policy, args, in_process, served)
     result = {
         "benchmark": "predict", **common.machine(), "policy": policy,
         "volume": [args.image_size, args.image_size, args.slices], "batch_size": args.batch_size,

@@ -20,6 +20,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+MAX_CACHED = 32  # compiled functions kept per model (each holds a traced graph)
 _CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, CompiledTranslation]]" = \
     weakref.WeakKeyDictionary()
 
@@ -64,6 +65,8 @@ def compiled_translation(model, direction: str, shape: tuple[int, int, int],
     key = (direction, tuple(int(s) for s in shape), bool(sample))
     functions = _CACHE.setdefault(model, {})
     if key not in functions:
+        if len(functions) >= MAX_CACHED:  # a folder of many slice sizes: drop the oldest
+            del functions[next(iter(functions))]
         functions[key] = CompiledTranslation(net, key[1], key[2])
     return functions[key]
 
