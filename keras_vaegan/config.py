@@ -38,6 +38,9 @@ class Config:
     phantom_slices: int = 8  # slices per phantom subject
     phantom_size: int = 64  # phantom slice side in pixels
     shuffle_buffer: int = 512
+    data_cache: str = "auto"  # folder data decoded once to an on-disk slice cache (float16 model
+    # units, data/slice_cache.py): auto ($KERAS_VAEGAN_CACHE, else ~/.cache/keras-vaegan), a
+    # folder, or none (every slice in memory, decoded again each run)
     # volumes (NIfTI, DICOM): keep only axial slices that show some body
     body_slices_only: bool = True
     body_threshold_hu: float = -500.0  # CT voxels above this are body

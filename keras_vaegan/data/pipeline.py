@@ -1,8 +1,10 @@
 """The ``tf.data`` input pipeline: unpaired MRI and CT crops for training, and a
 fixed validation batch for the snapshot callback.
 
-Slices arrive as 2-D float32 arrays already in model units [-1, 1], each at its
-native size (slices of one set may differ in size). Training draws random
+Slices arrive already in model units [-1, 1], each at its native size (slices
+of one set may differ in size): as 2-D numpy arrays, or as a ``SliceSource``
+such as the on-disk slice cache (``slice_cache.SliceStore``); both are read
+through the same path, a crop window per slice, a batch per call. Training draws random
 ``image_size`` x ``image_size`` crops at native resolution: resampling is not
 done here (see DESIGN.md, "Data and units"); a side smaller than the crop is
 padded with -1 (air). The MRI and CT streams are shuffled independently and
@@ -26,33 +28,41 @@ import tensorflow as tf
 
 from keras_vaegan.config import Config
 from keras_vaegan.data.augment import Augmenter, build_augmenter
+from keras_vaegan.data.slice_cache import InMemorySlices, SliceSource
 from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _RANGE_TOLERANCE = 1e-3  # float round-off from the unit conversion is clipped, more is a bug
+_MAX_SHUFFLE = 1 << 22  # slice indices shuffled at once: a full permutation of any real set
 
 
-def make_training_dataset(mri_slices: Sequence[np.ndarray], ct_slices: Sequence[np.ndarray],
+def make_training_dataset(mri_slices: Sequence[np.ndarray] | SliceSource,
+                          ct_slices: Sequence[np.ndarray] | SliceSource,
                           config: Config, seed: int | None = None) -> tf.data.Dataset:
     """Endless dataset of ``(mri_batch, ct_batch)``, each float32 ``[batch, size, size, 1]``.
 
-    The two streams are shuffled with different seeds and never aligned, so
-    paired input (like the phantom) is not used as pairs. Training runs with
-    ``steps_per_epoch``; the dataset repeats forever.
+    Slices are numpy arrays or a ``SliceSource`` (the on-disk slice cache);
+    either way only the window a crop needs is read, per batch, so memory
+    does not grow with the dataset. The two streams are shuffled with
+    different seeds and never aligned, so paired input (like the phantom) is
+    not used as pairs. Training runs with ``steps_per_epoch``; the dataset
+    repeats forever.
 
-    With ``config.augment``, every crop is augmented on the fly; with
-    ``config.augment_copies = N > 0`` instead, each slice is used as itself
-    plus N augmented copies made once (cached, the same every epoch) and only
+    With ``config.augment``, every crop is augmented on the fly (a batch at a
+    time); with ``config.augment_copies = N > 0`` instead, each slice is used
+    as itself plus N augmented copies, each a fixed function of the seed and
+    the slice (the same every epoch, recomputed rather than kept) and only
     the crop stays random. ``augment=False`` turns both off.
     """
     seed = config.seed if seed is None else int(seed)
-    mri = _stream(_checked(mri_slices, "MRI"), config, "mri", seed, stream_id=0)
-    ct = _stream(_checked(ct_slices, "CT"), config, "ct", seed, stream_id=1)
+    mri = _stream(_source(mri_slices, "MRI"), config, "mri", seed, stream_id=0)
+    ct = _stream(_source(ct_slices, "CT"), config, "ct", seed, stream_id=1)
     return tf.data.Dataset.zip((mri, ct)).prefetch(AUTOTUNE)
 
 
-def make_validation_batch(mri_slices: Sequence[np.ndarray], ct_slices: Sequence[np.ndarray],
+def make_validation_batch(mri_slices: Sequence[np.ndarray] | SliceSource,
+                          ct_slices: Sequence[np.ndarray] | SliceSource,
                           config: Config, count: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` centre crops of each modality, the same every call, for snapshot grids.
 
@@ -61,97 +71,146 @@ def make_validation_batch(mri_slices: Sequence[np.ndarray], ct_slices: Sequence[
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    return (_centre_batch(_checked(mri_slices, "MRI"), config.image_size, count),
-            _centre_batch(_checked(ct_slices, "CT"), config.image_size, count))
+    return (_centre_batch(_source(mri_slices, "MRI"), config.image_size, count),
+            _centre_batch(_source(ct_slices, "CT"), config.image_size, count))
 
 
 # --- one modality's stream ---------------------------------------------------
-def _stream(slices: list[np.ndarray], config: Config, modality: str, seed: int,
+def _stream(source: SliceSource, config: Config, modality: str, seed: int,
             stream_id: int) -> tf.data.Dataset:
-    """Decoded and cached slices -> shuffled, repeated, cropped (and augmented) batches."""
+    """Shuffled slice indices -> crop windows read per batch -> (augmented) batches.
+
+    Indices, not pixels, are shuffled (a full permutation per epoch costs a
+    few bytes per slice); the crop position is drawn before reading, so only
+    the window is read; augmentation runs on the window, vectorised over the
+    batch.
+    """
     size = config.image_size
     shuffle_seed, crop_seed, copy_seed, augment_seed = (
         int(s) for s in np.random.SeedSequence([seed, stream_id]).generate_state(4, np.uint32) >> 1)
     augmenter = build_augmenter(config, modality, seed=augment_seed)
     augmenting = config.augment and not augmenter.is_identity
     copies = config.augment_copies if augmenting else 0
-    on_the_fly = augmenting and copies == 0
+    count = len(source) * (copies + 1)
+    ds = tf.data.Dataset.range(count).shuffle(min(count, _MAX_SHUFFLE), seed=shuffle_seed,
+                                              reshuffle_each_iteration=True).repeat()
+    if copies:
+        ds = ds.enumerate().map(_copy_cropper(source, size, copies, augmenter, copy_seed,
+                                              crop_seed), num_parallel_calls=AUTOTUNE)
+        return ds.batch(config.batch_size, drop_remainder=True)
     # Augment a window with real context around the crop, then cut the crop out
     # of its centre: rotating a bare crop would put air wedges inside the body.
-    margin = augmenter.context_margin(size) if on_the_fly else 0
-
-    ds = tf.data.Dataset.from_tensor_slices(_as_ragged(slices))
-    ds = ds.map(lambda ragged: ragged.to_tensor()[..., tf.newaxis], num_parallel_calls=AUTOTUNE)
-    if copies:
-        ds = ds.enumerate().map(_copy_maker(augmenter, copies, copy_seed),
-                                num_parallel_calls=AUTOTUNE).unbatch()
-    ds = ds.map(lambda image: _pad_centred(image, size, margin), num_parallel_calls=AUTOTUNE)
-    ds = ds.cache()  # decoded, padded (and the fixed copies): computed once
-
-    count = len(slices) * (copies + 1)
-    ds = ds.shuffle(min(config.shuffle_buffer, count), seed=shuffle_seed,
-                    reshuffle_each_iteration=True).repeat()
-    crop = _cropper(size, margin, augmenter if on_the_fly else None, crop_seed)
-    ds = ds.enumerate().map(crop, num_parallel_calls=AUTOTUNE)
-    return ds.batch(config.batch_size, drop_remainder=True)
+    margin = augmenter.context_margin(size) if augmenting else 0
+    window = size + 2 * margin
+    ds = ds.enumerate().map(_placer(source, size, margin, crop_seed),
+                            num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(config.batch_size, drop_remainder=True)
+    ds = ds.map(_reader(source, window, config.batch_size), num_parallel_calls=AUTOTUNE)
+    if augmenting:
+        ds = ds.enumerate().map(_batch_augmenter(augmenter, size, margin, augment_seed),
+                                num_parallel_calls=AUTOTUNE)
+    return ds
 
 
-def _copy_maker(augmenter: Augmenter, copies: int, copy_seed: int):
-    """Map fn: one slice -> [1 + copies, H, W, 1], the original then its fixed copies."""
+def _placer(source: SliceSource, size: int, margin: int, crop_seed: int):
+    """Map fn: (position in stream, slice index) -> (index, top, left) of its crop window.
 
-    def make(index: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
-        seed = tf.stack([tf.constant(copy_seed, tf.int64), index])
-        augmented = augmenter(tf.repeat(image[tf.newaxis], copies, axis=0), seed=seed)
-        return tf.concat([image[tf.newaxis], augmented], axis=0)
+    The slice is thought of as padded with air to at least ``size`` (centred)
+    and then by ``margin`` all round; the offset is drawn over that padded
+    slice (so the crop distribution is the same with or without
+    augmentation) and returned in the slice's own coordinates (negative or
+    past the edge where the window covers padding).
+    """
+    shapes = tf.constant(np.asarray(source.shapes, np.int32).reshape(-1, 2))
+    window = size + 2 * margin
+
+    def place(position: tf.Tensor, index: tf.Tensor):
+        shape = tf.gather(shapes, index)
+        short = tf.maximum(size - shape, 0)
+        spare = shape + short + 2 * margin - window + 1  # possible offsets per axis
+        draws = tf.random.stateless_uniform(
+            [2], seed=tf.stack([tf.constant(crop_seed, tf.int64), position]))
+        offset = tf.minimum(tf.cast(draws * tf.cast(spare, tf.float32), tf.int32), spare - 1)
+        start = offset - short // 2 - margin
+        return index, start[0], start[1]
+
+    return place
+
+
+def _reader(source: SliceSource, window: int, batch: int):
+    """Map fn: a batch of (index, top, left) -> float32 [batch, window, window, 1] windows."""
+
+    def read(indices, tops, lefts):
+        out = tf.numpy_function(lambda i, t, c: source.windows(i, t, c, window),
+                                [indices, tops, lefts], tf.float32, stateful=False)
+        out.set_shape([batch, window, window, 1])
+        return out
+
+    return read
+
+
+def _batch_augmenter(augmenter: Augmenter, size: int, margin: int, augment_seed: int):
+    """Map fn: (batch number, windows) -> augmented ``size`` crops from the windows' centres."""
+
+    def augment(number: tf.Tensor, windows: tf.Tensor) -> tf.Tensor:
+        seed = tf.stack([tf.constant(augment_seed, tf.int64), number])
+        out = augmenter(windows, seed=seed, shift_reference=size)
+        return out[:, margin:margin + size, margin:margin + size]
+
+    return augment
+
+
+def _copy_cropper(source: SliceSource, size: int, copies: int, augmenter: Augmenter,
+                  copy_seed: int, crop_seed: int):
+    """Map fn: (position, element) -> a random crop of slice ``element // (copies + 1)``.
+
+    Element ``k = element % (copies + 1)`` is the slice itself (0) or its
+    k-th fixed augmented copy: augmented whole, seeded by the element alone,
+    so it is the same image every epoch.
+    """
+    crop = _cropper(size, crop_seed)
+    shapes = tf.constant(np.asarray(source.shapes, np.int32).reshape(-1, 2))
+
+    def make(position: tf.Tensor, element: tf.Tensor) -> tf.Tensor:
+        index = element // (copies + 1)
+        image = tf.numpy_function(lambda i: source[int(i)], [index], tf.float32,
+                                  stateful=False)
+        image = tf.reshape(image, tf.gather(shapes, index))[..., tf.newaxis]
+        seed = tf.stack([tf.constant(copy_seed, tf.int64), element])
+        image = tf.cond(element % (copies + 1) > 0,
+                        lambda: augmenter(image, seed=seed), lambda: image)
+        return crop(position, _pad_centred(image, size))
 
     return make
 
 
-def _cropper(size: int, margin: int, augmenter: Augmenter | None, crop_seed: int):
-    """Map fn: (position in stream, padded slice) -> one random ``size`` crop.
-
-    The slice was padded to at least ``size`` and then by ``margin`` on every
-    side; the crop offset is drawn over the unpadded-by-margin area, so the
-    crop distribution is the same with or without augmentation.
-    """
-    window = size + 2 * margin
+def _cropper(size: int, crop_seed: int):
+    """(position in stream, slice padded to >= ``size``) -> one random ``size`` crop."""
 
     def crop(index: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
-        seeds = tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(crop_seed, tf.int64), index]), num=2)
-        spare = tf.shape(image)[:2] - window + 1  # number of possible offsets per axis
-        draws = tf.random.stateless_uniform([2], seed=seeds[0])
+        spare = tf.shape(image)[:2] - size + 1  # number of possible offsets per axis
+        draws = tf.random.stateless_uniform(
+            [2], seed=tf.stack([tf.constant(crop_seed, tf.int64), index]))
         offset = tf.minimum(tf.cast(draws * tf.cast(spare, tf.float32), tf.int32), spare - 1)
-        out = tf.slice(image, tf.concat([offset, [0]], axis=0), [window, window, 1])
-        if augmenter is not None:
-            out = augmenter(out, seed=seeds[1], shift_reference=size)
-            out = out[margin:margin + size, margin:margin + size]
+        out = tf.slice(image, tf.concat([offset, [0]], axis=0), [size, size, 1])
         out.set_shape([size, size, 1])
         return out
 
     return crop
 
 
-def _pad_centred(image: tf.Tensor, size: int, margin: int) -> tf.Tensor:
-    """Pad with air to at least ``size`` per side (centred), then ``margin`` all round."""
+def _pad_centred(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Pad with air to at least ``size`` per side, centred (the odd pixel after)."""
     shape = tf.shape(image)
     short = tf.maximum(size - shape[:2], 0)
-    before = short // 2 + margin
-    after = short - short // 2 + margin
+    before = short // 2
+    after = short - short // 2
     paddings = tf.stack([tf.stack([before[0], after[0]]), tf.stack([before[1], after[1]]), [0, 0]])
     return tf.pad(image, paddings, constant_values=AIR_UNIT)
 
 
-def _as_ragged(slices: list[np.ndarray]) -> tf.RaggedTensor:
-    """All slices in one [n, (h), (w)] ragged tensor: no padding to a common size."""
-    heights = np.array([s.shape[0] for s in slices], np.int64)
-    widths = np.concatenate([np.full(s.shape[0], s.shape[1], np.int64) for s in slices])
-    values = np.concatenate([s.ravel() for s in slices])
-    return tf.RaggedTensor.from_nested_row_lengths(values, [heights, widths])
-
-
 # --- validation --------------------------------------------------------------
-def _centre_batch(slices: list[np.ndarray], size: int, count: int) -> np.ndarray:
+def _centre_batch(slices: SliceSource, size: int, count: int) -> np.ndarray:
     picks = np.linspace(0, len(slices) - 1, count).round().astype(int)
     return np.stack([_centre_crop(slices[i], size) for i in picks])[..., np.newaxis]
 
@@ -165,6 +224,15 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 # --- input checks ------------------------------------------------------------
+def _source(slices: Sequence[np.ndarray] | SliceSource, name: str) -> SliceSource:
+    """A slice cache as it is (checked when written); numpy slices checked and wrapped."""
+    if isinstance(slices, SliceSource):
+        if len(slices) == 0:
+            raise VAEGANError(None, f"no {name} slices to train on")
+        return slices
+    return InMemorySlices(_checked(slices, name))
+
+
 def _checked(slices: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
     """2-D float32 slices in [-1, 1]; a trailing channel axis of 1 is dropped."""
     if len(slices) == 0:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_vaegan.config import Config
-from keras_vaegan.data import phantom, readers, volumes
+from keras_vaegan.data import phantom, readers, slice_cache, volumes
 from keras_vaegan.data.readers import read_slice
-from keras_vaegan.data.units import map_for, modality_units, mri_map
+from keras_vaegan.data.slice_cache import SliceSource
+from keras_vaegan.data.units import IntensityMap, map_for, modality_units, mri_map
 from keras_vaegan.data.volume import FoundVolume
 from keras_vaegan.errors import VAEGANError
 
@@ -27,8 +28,8 @@ CT_FOLDER_NAMES = ("ct", "trainb")
 class TrainingData:
     """Unpaired slices in model units, and the config with their units recorded."""
 
-    mri: list[np.ndarray]
-    ct: list[np.ndarray]
+    mri: list[np.ndarray] | SliceSource  # SliceStore when read through the slice cache
+    ct: list[np.ndarray] | SliceSource
     config: Config
     origin: str  # "phantom" or a description of the folders
 
@@ -104,6 +105,22 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
     16-bit or float slices, not with 8-bit ones. A bad file raises, or with
     ``on_bad`` is handed to it and left out.
     """
+    out: list[np.ndarray] = []
+
+    def add(images: np.ndarray) -> None:
+        out.extend(images if images.ndim == 3 else [images])
+
+    units, maps = stream_folder(paths, modality, config, add, on_bad)
+    return out, units, maps
+
+
+def stream_folder(paths: str | list[str], modality: str, config: Config,
+                  add, on_bad: readers.BadFileHandler | None = None) -> tuple[str, list]:
+    """``read_folder`` that hands each image's slices to ``add`` as they are read -> (units, maps).
+
+    ``add`` gets one [rows, cols] slice or a volume's kept [k, rows, cols]
+    stack, in model units; only one volume is in memory at a time.
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     where = os.fspath(paths[0]) if len(paths) == 1 else os.path.commonpath(
         [os.path.abspath(p) for p in paths])
@@ -119,20 +136,12 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
             slices.append(read_slice(path, modality))
         except VAEGANError as err:
             readers.skip_or_raise(on_bad, err)
-    kinds = {modality_units(s.bit_depth, modality) for s in slices}
-    volume_units = modality_units("float", modality)
-    if found and kinds - {volume_units}:
-        raise VAEGANError(where, f"mixes volumes ({volume_units}) with 8-bit slices (uint8): "
-                                 "their units disagree; convert the slices to 16-bit/float "
-                                 f"{'HU' if modality == 'ct' else 'intensities'} or train on "
-                                 "one kind")
-    if len(kinds) > 1:
-        raise VAEGANError(where, f"mixed intensity units ({', '.join(sorted(kinds))}): "
-                                 "use only 8-bit or only 16-bit/float images per modality")
-    units = kinds.pop() if kinds else volume_units
+    units = _units_of(slices, bool(found), modality, where)
     maps = [map_for(units, s.pixels, config) for s in slices]
-    out = [m.to_unit(s.pixels) for m, s in zip(maps, slices)]
-    read = len(slices)
+    for mapping, image in zip(maps, slices):
+        add(mapping.to_unit(image.pixels))
+    read, kept = len(slices), len(slices)
+    del slices
     for volume_files in found:
         try:
             volume = volumes.read_volume(volume_files, modality)
@@ -141,20 +150,36 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
             continue
         read += 1
         mapping = map_for(units, volume.voxels, config)
-        unit = mapping.to_unit(volume.voxels)
         keep = body_slices(volume.voxels, mapping, modality, config)
         if not keep.any():
             warnings.warn(f"{volume.path}: no slice shows body (body_slices_only); skipped",
                           stacklevel=2)
             continue
-        out.extend(unit[k] for k in np.flatnonzero(keep))
+        add(mapping.to_unit(volume.voxels[keep]))
+        kept += int(keep.sum())
         maps.append(mapping)
+        del volume
     if not read:
         raise VAEGANError(where, "no readable images (every image file was bad)")
-    if not out:
+    if not kept:
         raise VAEGANError(where, "no slice shows body; check the units or set "
                                  "body_slices_only=false")
-    return out, units, maps
+    return units, maps
+
+
+def _units_of(slices: list, volumes_found: bool, modality: str, where: str) -> str:
+    """The one units name of a folder's images; mixing 8-bit with 16-bit/float is refused."""
+    kinds = {modality_units(s.bit_depth, modality) for s in slices}
+    volume_units = modality_units("float", modality)
+    if volumes_found and kinds - {volume_units}:
+        raise VAEGANError(where, f"mixes volumes ({volume_units}) with 8-bit slices (uint8): "
+                                 "their units disagree; convert the slices to 16-bit/float "
+                                 f"{'HU' if modality == 'ct' else 'intensities'} or train on "
+                                 "one kind")
+    if len(kinds) > 1:
+        raise VAEGANError(where, f"mixed intensity units ({', '.join(sorted(kinds))}): "
+                                 "use only 8-bit or only 16-bit/float images per modality")
+    return kinds.pop() if kinds else volume_units
 
 
 def body_slices(voxels: np.ndarray, mapping, modality: str, config: Config) -> np.ndarray:
@@ -175,12 +200,16 @@ def body_slices(voxels: np.ndarray, mapping, modality: str, config: Config) -> n
 
 
 def load_training_data(config: Config, data_root: str | None = None, mri_dir: str | None = None,
-                       ct_dir: str | None = None, on_bad: readers.BadFileHandler | None = None
-                       ) -> TrainingData:
+                       ct_dir: str | None = None, on_bad: readers.BadFileHandler | None = None,
+                       cache_dir: str | None = None) -> TrainingData:
     """The unpaired MRI and CT slices for ``fit`` (the phantom when no data is given).
 
     Every file is read here, before training writes anything. A bad file
     raises, or with ``on_bad`` (``--skip-bad``) is handed to it and left out.
+    With ``cache_dir``, folder data is decoded once into an on-disk slice
+    cache there (reused while the files and settings are unchanged) and the
+    slices are ``SliceStore``s read from it; without, numpy arrays in memory.
+    The phantom is always in memory (it is small and has no files).
     """
     if data_root and (mri_dir or ct_dir):
         raise VAEGANError(data_root, "give either --data or --mri-dir/--ct-dir, not both")
@@ -192,12 +221,27 @@ def load_training_data(config: Config, data_root: str | None = None, mri_dir: st
         mri_paths, ct_paths = [mri_dir], [ct_dir]
     else:
         return phantom_training_data(config)
-    mri, mri_units, mri_maps = read_folder(mri_paths, "mri", config, on_bad)
-    ct, ct_units, _ = read_folder(ct_paths, "ct", config, on_bad)
+    if cache_dir:
+        mri, mri_units, mri_maps = _cached(cache_dir, mri_paths, "mri", config, on_bad)
+        ct, ct_units, _ = _cached(cache_dir, ct_paths, "ct", config, on_bad)
+    else:
+        mri, mri_units, mri_maps = read_folder(mri_paths, "mri", config, on_bad)
+        ct, ct_units, _ = read_folder(ct_paths, "ct", config, on_bad)
     reference = _reference_range(mri_maps) if mri_units == "percentile" else (0.0, 255.0)
     config = config.replace(mri_units=mri_units, ct_units=ct_units, mri_reference_range=reference)
     return TrainingData(mri, ct, config, origin=f"MRI {_describe(mri_paths)} ({len(mri)} slices), "
                                                 f"CT {_describe(ct_paths)} ({len(ct)} slices)")
+
+
+def _cached(cache_dir: str, paths: list[str], modality: str, config: Config, on_bad):
+    """One modality through the slice cache -> (store, units, maps)."""
+
+    def build(add, handler):
+        return stream_folder(paths, modality, config, add, handler)
+
+    store, units, bounds = slice_cache.open_or_build(cache_dir, paths, modality, config,
+                                                     build, on_bad)
+    return store, units, [IntensityMap(low, high) for low, high in bounds]
 
 
 def _describe(paths: list[str]) -> str:
@@ -208,18 +252,22 @@ def _describe(paths: list[str]) -> str:
 
 def phantom_training_data(config: Config) -> TrainingData:
     """Phantom slices; MRI and CT from different subjects, so the pairs are truly unpaired."""
+    from keras_vaegan.data.phantom_head import phantom_kind
+
     count = config.phantom_subjects * config.phantom_slices
+    make = phantom_kind(config.phantom).make_subject
     mri, _, _ = phantom.make_slices(count, config.phantom_size, seed=config.seed,
-                                    slices_per_subject=config.phantom_slices)
+                                    slices_per_subject=config.phantom_slices, make=make)
     _, ct, _ = phantom.make_slices(count, config.phantom_size, seed=config.seed + 1,
-                                   slices_per_subject=config.phantom_slices)
+                                   slices_per_subject=config.phantom_slices, make=make)
     maps = [mri_map(s, config.mri_percentiles) for s in mri]
     config = config.replace(mri_units="percentile", ct_units="hu",
                             mri_reference_range=_reference_range(maps))
     ct_to_unit = map_for("hu", None, config)
+    name = "phantom" if config.phantom == "classic" else f"{config.phantom} phantom"
     return TrainingData([m.to_unit(s) for m, s in zip(maps, mri)],
                         [ct_to_unit.to_unit(s) for s in ct], config,
-                        origin=f"phantom ({count} MRI and {count} CT slices, "
+                        origin=f"{name} ({count} MRI and {count} CT slices, "
                                f"{config.phantom_size}x{config.phantom_size})")
 
 

@@ -18,6 +18,7 @@ import keras
 from keras_vaegan.backends.distribution import setup_distribution
 from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.data.pipeline import make_training_dataset, make_validation_batch
+from keras_vaegan.data.slice_cache import cache_root
 from keras_vaegan.data.training_data import load_training_data
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import atomic_path, remove_partial_writes
@@ -79,12 +80,14 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
                                 "(bilinear upsampling gradients mix precisions); drop one of them")
     distribution = setup_distribution(config.strategy, config.batch_size)
     keras.utils.set_random_seed(config.seed)
+    cache = cache_root(config.data_cache)  # the slice cache: decode once, stream from disk
     data = load_training_data(config, data_root=data_root, mri_dir=mri_dir, ct_dir=ct_dir,
-                              on_bad=on_bad)
+                              on_bad=on_bad, cache_dir=cache)
     config = data.config.replace(precision_policy=policy)
     held_out = None  # read before the run folder is made: a bad file writes nothing
     if validation_data:
-        held_out = load_training_data(config, data_root=validation_data, on_bad=on_bad)
+        held_out = load_training_data(config, data_root=validation_data, on_bad=on_bad,
+                                      cache_dir=cache)
     say(f"data: {data.origin}")
     say(f"backend: {keras.backend.backend()}, precision policy: {policy}, "
                   f"distribution: {distribution.name} ({distribution.replicas} replica(s))")

@@ -1,0 +1,285 @@
+"""Training slices decoded once into an on-disk cache, then read back crop by crop.
+
+Why: holding every slice of a real study set in RAM (tens of GB as float32)
+does not fit a workstation, and decoding DICOM/NIfTI every epoch is slow. The
+first ``fit`` on a set writes each modality's slices, already in model units,
+as float16 into a few raw shard files with an index of (shard, offset, rows,
+cols); later runs open the index and read only the rows a crop needs.
+
+Float16 model units, not file units: the mapping (CT window, per-volume MRI
+percentiles) is applied once and the pipeline has one path for both
+modalities; float16 has 11 significant bits, so [-1, 1] is kept within
+2.5e-4 (half a HU of a 4095 HU window), at half float32's size.
+
+Shards are read with ``os.pread`` rather than memory-mapped: pages of a mapped
+file count in the process's resident set until the kernel drops them, so an
+epoch over a mapped cache would grow RSS with the dataset; ``pread`` goes
+through the page cache, which the kernel manages, not the process.
+
+A cache folder is named by a key hashed from the inputs (paths, sizes,
+modification times) and the settings that change the slices (units,
+window, percentiles, body-slice selection, bad-file skipping): change any of
+them and a new cache is built; the old one is left for the user to delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from keras_vaegan.config import Config
+from keras_vaegan.data import readers
+from keras_vaegan.data.units import AIR_UNIT
+from keras_vaegan.errors import VAEGANError
+from keras_vaegan.io.atomic import atomic_folder
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.npy"  # int64 [slices, 4]: shard, offset (elements), rows, cols
+META_FILE = "cache.json"  # key, units, intensity maps, files skipped as bad
+SHARD_BYTES = 1 << 30  # a new shard file after 1 GiB: few open files, no huge file
+CACHE_ENV = "KERAS_VAEGAN_CACHE"
+_DTYPE = np.dtype("<f2")
+
+# per modality, the settings that change which slices are kept or their values
+KEY_SETTINGS = {"ct": ("ct_window_hu", "body_slices_only", "body_threshold_hu",
+                       "body_min_fraction"),
+                "mri": ("mri_percentiles", "body_slices_only", "body_threshold_mri",
+                        "body_min_fraction")}
+
+
+class SliceSource:
+    """Slices of one modality in model units, any size each; read by whole slice or by window."""
+
+    shapes: np.ndarray  # int64 [n, 2]: rows, cols of each slice
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of slice ``index`` (any float dtype)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """One whole slice, float32."""
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        return np.asarray(self.rows(index, 0, int(self.shapes[index, 0])), np.float32)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def window(self, index: int, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """``height`` x ``width`` float32 pixels from (top, left), air where outside the slice."""
+        rows, cols = (int(v) for v in self.shapes[index])
+        out = np.full((height, width), AIR_UNIT, np.float32)
+        r0, r1 = max(top, 0), min(top + height, rows)
+        c0, c1 = max(left, 0), min(left + width, cols)
+        if r0 < r1 and c0 < c1:
+            out[r0 - top:r1 - top, c0 - left:c1 - left] = self.rows(index, r0, r1)[:, c0:c1]
+        return out
+
+    def windows(self, indices, tops, lefts, size: int) -> np.ndarray:
+        """A batch of square windows -> float32 [batch, size, size, 1] (one call per batch)."""
+        return np.stack([self.window(int(i), int(t), int(left), size, size)
+                         for i, t, left in zip(indices, tops, lefts)])[..., np.newaxis]
+
+
+class InMemorySlices(SliceSource):
+    """Slices held as numpy arrays (the phantom, or a caller's own list)."""
+
+    def __init__(self, slices: list[np.ndarray]):
+        self.slices = slices
+        self.shapes = np.array([s.shape for s in slices], np.int64).reshape(-1, 2)
+
+    def rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        return self.slices[index][start:stop]
+
+
+class SliceStore(SliceSource):
+    """A finished cache folder, read with ``pread``: only the bytes asked for come in."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        try:
+            self.index = np.load(os.path.join(folder, INDEX_FILE))
+            with open(os.path.join(folder, META_FILE), encoding="utf-8") as handle:
+                self.meta = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise VAEGANError(folder, f"unreadable slice cache ({err}); delete it to "
+                                      "rebuild") from None
+        self.shapes = self.index[:, 2:4]
+        self._files: dict[int, int] = {}
+
+    def rows(self, index: int, start: int, stop: int) -> np.ndarray:
+        shard, offset, _, cols = (int(v) for v in self.index[index])
+        count = (stop - start) * cols
+        data = os.pread(self._fd(shard), count * _DTYPE.itemsize,
+                        (offset + start * cols) * _DTYPE.itemsize)
+        if len(data) != count * _DTYPE.itemsize:
+            raise VAEGANError(self._shard_path(shard), "slice cache shard cut short; delete "
+                                                       "the cache folder to rebuild it")
+        return np.frombuffer(data, _DTYPE).reshape(stop - start, cols)
+
+    def _fd(self, shard: int) -> int:
+        fd = self._files.get(shard)
+        if fd is None:
+            fd = self._files[shard] = os.open(self._shard_path(shard), os.O_RDONLY)
+        return fd
+
+    def _shard_path(self, shard: int) -> str:
+        return os.path.join(self.folder, f"shard-{shard:05d}.f16")
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    # pickling (a dataset copied to another process) reopens the files there
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["folder"])
+
+
+class CacheWriter:
+    """Appends slices (model units) to shard files and records where each one went."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.entries: list[tuple[int, int, int, int]] = []
+        self.shard, self.offset, self._handle = -1, 0, None
+
+    def add(self, images: np.ndarray) -> None:
+        """A stack [k, rows, cols] or one [rows, cols] slice in model units."""
+        images = np.asarray(images, np.float32)
+        if images.ndim == 2:
+            images = images[np.newaxis]
+        if self._handle is None or self.offset * _DTYPE.itemsize >= SHARD_BYTES:
+            self._next_shard()
+        _, rows, cols = images.shape
+        self._handle.write(images.astype(_DTYPE).tobytes())
+        for _ in range(len(images)):
+            self.entries.append((self.shard, self.offset, rows, cols))
+            self.offset += rows * cols
+
+    def _next_shard(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self.shard += 1
+        self.offset = 0
+        self._handle = open(os.path.join(self.folder, f"shard-{self.shard:05d}.f16"), "wb")
+
+    def finish(self, meta: dict) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        np.save(os.path.join(self.folder, INDEX_FILE),
+                np.array(self.entries, np.int64).reshape(-1, 4))
+        with open(os.path.join(self.folder, META_FILE), "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=1)
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def cache_root(setting: str) -> str | None:
+    """``config.data_cache`` -> the folder caches go in, or None (keep slices in memory).
+
+    ``auto``: ``$KERAS_VAEGAN_CACHE``, else ``$XDG_CACHE_HOME/keras-vaegan``, else
+    ``~/.cache/keras-vaegan``: shared by every run of the user on the same data.
+    """
+    if setting in ("", "none"):
+        return None
+    if setting != "auto":
+        return os.path.abspath(os.path.expanduser(setting))
+    if os.environ.get(CACHE_ENV):
+        return os.path.abspath(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "keras-vaegan")
+
+
+def cache_key(paths: list[str], modality: str, config: Config, skip_bad: bool) -> str:
+    """Hash of every input file (path, size, mtime) and the settings that shape the slices."""
+    files = []
+    for path in paths:
+        for name in readers.find_images(path):
+            stat = os.stat(name)
+            files.append([os.path.abspath(name), stat.st_size, stat.st_mtime_ns])
+    settings = {key: getattr(config, key) for key in KEY_SETTINGS[modality]}
+    text = json.dumps({"format": FORMAT_VERSION, "modality": modality, "skip_bad": skip_bad,
+                       "settings": settings, "files": files}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# build(add, on_bad) writes every slice through ``add`` and returns (units, maps)
+Builder = Callable[[Callable[[np.ndarray], None], "readers.BadFileHandler | None"],
+                   tuple[str, list]]
+
+
+def open_or_build(root: str, paths: list[str], modality: str, config: Config,
+                  build: Builder, on_bad: readers.BadFileHandler | None = None
+                  ) -> tuple[SliceStore, str, list[tuple[float, float]]]:
+    """The cache of ``paths`` for ``modality`` -> (store, units, MRI (low, high) per image).
+
+    Reused when its key matches; otherwise built by ``build`` into a
+    temporary folder that becomes the cache only when complete (a kill or a
+    bad file leaves no half cache). Files skipped as bad while building are
+    recorded and handed to ``on_bad`` again on reuse.
+    """
+    key = cache_key(paths, modality, config, on_bad is not None)
+    folder = os.path.join(root, f"{modality}-{key[:24]}")
+    store = _open_existing(folder, key)
+    if store is None:
+        _build(folder, key, build, on_bad)
+        store = SliceStore(folder)
+    elif on_bad is not None:
+        for path, reason in store.meta["skipped"]:
+            on_bad(VAEGANError(path, reason))
+    maps = [tuple(m) for m in store.meta["maps"]]
+    return store, store.meta["units"], maps
+
+
+def _open_existing(folder: str, key: str) -> SliceStore | None:
+    if not os.path.isfile(os.path.join(folder, META_FILE)):
+        return None
+    try:
+        store = SliceStore(folder)
+    except VAEGANError:  # damaged: built again in its place
+        return None
+    return store if store.meta.get("key") == key else None
+
+
+def _build(folder: str, key: str, build: Builder, on_bad) -> None:
+    skipped: list[tuple[str | None, str]] = []
+
+    def record(err: VAEGANError) -> None:
+        skipped.append((err.path, err.reason))
+        on_bad(err)
+
+    try:
+        with atomic_folder(folder) as tmp:
+            writer = CacheWriter(tmp)
+            try:
+                units, maps = build(writer.add, record if on_bad is not None else None)
+                writer.finish({"key": key, "format": FORMAT_VERSION, "units": units,
+                               "maps": [[float(m.low), float(m.high)] for m in maps],
+                               "skipped": skipped, "slices": len(writer.entries)})
+            finally:
+                writer.abort()
+    except OSError as err:
+        raise VAEGANError(folder, f"cannot write the slice cache ({err.strerror or err}); "
+                                  "free space, or --set data_cache=FOLDER elsewhere or "
+                                  "data_cache=none (in memory)") from None
