@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from keras_vaegan.config import MIXED_PRECISION, STRATEGIES
+from keras_vaegan.config import MIXED_PRECISION, PHANTOM_KINDS, STRATEGIES
 from keras_vaegan.inference.metrics import DEFAULT_SSIM, SSIM_MODES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -412,14 +412,18 @@ def export(model_path, output, version, fmt, samples):
 @click.option("--size", type=click.IntRange(min=16), default=64, show_default=True, help="Slice side in pixels.")
 @click.option("--format", "fmt", type=click.Choice(["png", "tif", "npy", "nii"]), default="png", show_default=True, help="png/tif/npy slices, or nii volumes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same phantom).")
+@click.option("--kind", type=click.Choice(PHANTOM_KINDS), default="classic", show_default=True, help="classic: the phantom the defaults were tuned on; head: the harder head (air cells in bone, sulci, calcifications, 3-5 mm slices).")
 @user_errors
-def phantom(out, count, subjects, slices, size, fmt, seed):
+def phantom(out, count, subjects, slices, size, fmt, seed, kind):
     """Write paired phantom head MRI/CT (HU)/mask data to OUT."""
     from keras_vaegan.data.phantom import write_phantom
+    from keras_vaegan.data.phantom_head import phantom_kind
 
     if count is not None:
         subjects = -(-count // slices)
-    written = write_phantom(out, subjects=subjects, slices=slices, size=size, fmt=fmt, seed=seed)
+    drawn = phantom_kind(kind)
+    written = write_phantom(out, subjects=subjects, slices=slices, size=size, fmt=fmt, seed=seed,
+                            make=drawn.make_subject, spacing=drawn.spacing)
     click.echo(f"wrote {len(written)} files to {out}")
 
 

@@ -19,6 +19,8 @@ UPSAMPLING_MODES = ("bilinear", "nearest", "transpose")
 AUGMENT_RESAMPLING = ("lanczos", "bilinear")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+PHANTOM_KINDS = ("classic", "head")  # data.phantom, data.phantom_head
+GENERATOR_PADDING = ("zeros", "reflect")
 
 # a run folder: what fit writes and predict, evaluate and export read
 MODEL_FILE = "model.keras"
@@ -37,6 +39,8 @@ class Config:
     phantom_subjects: int = 24  # default dataset when no data is given
     phantom_slices: int = 8  # slices per phantom subject
     phantom_size: int = 64  # phantom slice side in pixels
+    phantom: str = "classic"  # classic (the defaults were tuned on it) | head: the harder head
+    # (data/phantom_head.py: air cells in bone, sulci, calcifications, thick slices)
     shuffle_buffer: int = 512
     data_cache: str = "auto"  # folder data decoded once to an on-disk slice cache (float16 model
     # units, data/slice_cache.py): auto ($KERAS_VAEGAN_CACHE, else ~/.cache/keras-vaegan), a
@@ -66,11 +70,15 @@ class Config:
     vae_sampling: bool = True  # False: z = mu while training too (plain CycleGAN generator)
     skip_connections: bool = False  # U-Net skips around the latent (lets G ignore z)
     upsampling: str = "bilinear"  # bilinear | nearest | transpose
+    padding: str = "zeros"  # zeros | reflect: how every generator convolution pads its border
+    # (zeros are mid-grey in model units, ~+1000 HU: a bright frame the stem sees)
     # --- discriminator (deep multi-output PatchGAN) -----------------------------
     disc_filters: tuple[int, ...] = (64, 128, 256, 512, 512)
     disc_heads: int = 3  # real/fake heads after the last K blocks
     disc_head_weights: tuple[float, ...] | None = None  # None: equal weights
     disc_min_map_size: int = 4  # stop striding below this feature-map side
+    disc_high_pass: bool = False  # True: the discriminators also see a fixed Laplacian of the
+    # image as a second channel (high frequencies: thin bone, edges)
     # --- objective ----------------------------------------------------------------
     adversarial_loss: str = "lsgan"  # lsgan | bce
     lambda_cycle: float = 10.0
@@ -79,6 +87,8 @@ class Config:
     beta_kl: float = 1e-3
     lambda_structure: float = 1.0  # keep the input's edges (gradient-magnitude correlation); 0:
     # off, as in CycleGAN; on, the phantom's sCT improved 137/160 -> 126/129 HU (RESULTS.md)
+    structure_scales: int = 1  # >1: the structure term averaged over this many scales, each a
+    # 2x average-pool of the previous
     pool_size: int = 50
     # --- optimisation -------------------------------------------------------------
     learning_rate_g: float = 2e-4
@@ -160,6 +170,12 @@ class Config:
         need(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
              f"one of {', '.join(MIXED_PRECISION)}")
         need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+        need(self.phantom in PHANTOM_KINDS, "phantom", f"one of {', '.join(PHANTOM_KINDS)}")
+        need(self.padding in GENERATOR_PADDING, "padding",
+             f"one of {', '.join(GENERATOR_PADDING)}")
+        need(self.structure_scales >= 1, "structure_scales", "must be >= 1")
+        need(4 * 2 ** (self.structure_scales - 1) <= self.image_size, "structure_scales",
+             "its coarsest scale must keep at least 4 pixels of image_size")
         for key in ("lambda_cycle", "lambda_identity", "beta_kl", "lambda_structure",
                     "rotation_deg", "zoom", "translation", "mri_intensity_jitter"):
             need(getattr(self, key) >= 0, key, "must be >= 0")

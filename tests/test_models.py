@@ -127,3 +127,161 @@ def test_history_pool_of_size_zero_passes_through():
     pool.build()
     x = np.ones((2, 8, 8, 1), "float32")
     np.testing.assert_array_equal(to_np(pool(x)), x)
+
+
+# --- options for sharper bone: reflection padding, multi-scale structure, high-pass D ---------
+
+
+def _np_conv_valid(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """NHWC 'valid' cross-correlation in numpy, the reference for Conv2D."""
+    kh, kw = kernel.shape[:2]
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    out = np.zeros((x.shape[0], h, w, kernel.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nhwc,cf->nhwf", x[:, i:i + h, j:j + w], kernel[i, j])
+    return out
+
+
+def test_reflect_pad_matches_numpy_reflect():
+    from keras_vaegan.models.generator import reflect_pad
+
+    x = np.random.default_rng(0).normal(size=(2, 9, 7, 3)).astype("float32")
+    for pad in (1, 3):
+        expected = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode="reflect")
+        np.testing.assert_array_equal(to_np(reflect_pad(x, pad)), expected)
+
+
+def test_reflect_padding_changes_the_border_and_is_a_reflect_pad_then_a_valid_conv():
+    from keras_vaegan.models.generator import ConvNormReLU
+
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 12, 12, 1)).astype("float32")
+    zeros = ConvNormReLU(2, kernel_size=7, padding="zeros")
+    reflect = ConvNormReLU(2, kernel_size=7, padding="reflect")
+    zeros.build(x.shape)
+    reflect.build(x.shape)
+    reflect.set_weights(zeros.get_weights())  # one weight layout for both modes
+    kernel = to_np(reflect.conv.kernel)
+    padded = np.pad(x, [(0, 0), (3, 3), (3, 3), (0, 0)], mode="reflect")
+    h = _np_conv_valid(padded, kernel)
+    h = (h - h.mean(axis=(1, 2), keepdims=True)) / np.sqrt(h.var(axis=(1, 2), keepdims=True) + 1e-5)
+    expected = np.maximum(h, 0)
+    got = to_np(reflect(x))
+    assert got.shape == (1, 12, 12, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.abs(to_np(zeros(x))[0, 0, 0] - got[0, 0, 0]).max() > 1e-3  # a border pixel
+
+
+def test_reflect_padded_generator_keeps_a_constant_image_constant():
+    """Zero padding shows the stem a frame at every border; reflection shows it nothing."""
+    x = np.full((1, 32, 32, 1), -0.8, "float32")  # air everywhere
+    spread = {}
+    for padding in ("zeros", "reflect"):
+        gen = VAEGenerator(filters=4, res_blocks=1, latent_channels=3, padding=padding)
+        image = to_np(gen(x, sample=False)[0])
+        assert image.shape == x.shape
+        spread[padding] = float(image.max() - image.min())
+    assert spread["reflect"] < 1e-5 < spread["zeros"]
+
+
+def _np_structure(a: np.ndarray, b: np.ndarray) -> float:
+    """Today's one-scale term in numpy: 1 - ncc of forward-difference gradient magnitudes."""
+    def grad(x):
+        dy = x[:, 1:, :-1] - x[:, :-1, :-1]
+        dx = x[:, :-1, 1:] - x[:, :-1, :-1]
+        g = np.sqrt(dx ** 2 + dy ** 2 + 1e-8)
+        return g - g.mean(axis=(1, 2, 3), keepdims=True)
+
+    ga, gb = grad(a.astype(np.float64)), grad(b.astype(np.float64))
+    ncc = (ga * gb).mean(axis=(1, 2, 3)) / np.sqrt(
+        (ga ** 2).mean(axis=(1, 2, 3)) * (gb ** 2).mean(axis=(1, 2, 3)) + 1e-8)
+    return float(np.mean(1 - ncc))
+
+
+def test_multi_scale_structure_term_averages_the_term_over_pooled_scales():
+    a = np.concatenate([_ring(10.0), _ring(6.0)])
+    b = np.concatenate([_ring(10.0, shift=2), _ring(7.0)])
+    one = float(to_np(structure_loss(a, b, scales=1)))
+    assert one == pytest.approx(float(to_np(structure_loss(a, b))), abs=1e-7)  # today's term
+    assert one == pytest.approx(_np_structure(a, b), abs=1e-5)
+
+    def pool(x):
+        n, h, w, c = x.shape
+        return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+    three = float(to_np(structure_loss(a, b, scales=3)))
+    expected = np.mean([_np_structure(a, b), _np_structure(pool(a), pool(b)),
+                        _np_structure(pool(pool(a)), pool(pool(b)))])
+    assert three == pytest.approx(expected, abs=1e-5)
+    assert abs(three - one) > 1e-3
+    # a contrast flip is still free at every scale
+    assert float(to_np(structure_loss(a, -0.5 * a + 0.2, scales=3))) == pytest.approx(0, abs=1e-4)
+
+
+def test_high_pass_channel_is_a_laplacian_zero_on_a_constant_image():
+    from keras_vaegan.models.discriminator import laplacian
+
+    assert np.abs(to_np(laplacian(np.full((2, 16, 16, 1), 0.7, "float32")))).max() < 1e-6
+    dot = np.zeros((1, 8, 8, 1), "float32")
+    dot[0, 4, 4, 0] = 1.0
+    lap = to_np(laplacian(dot))[0, :, :, 0]
+    assert lap[4, 4] == pytest.approx(-4.0) and lap[3, 4] == lap[5, 4] == lap[4, 3] == 1.0
+    assert np.abs(lap).sum() == pytest.approx(8.0)
+
+
+def test_high_pass_discriminator_sees_the_image_and_its_laplacian():
+    from keras_vaegan.models.discriminator import laplacian
+
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    sharp = MultiHeadPatchDiscriminator(filters=(4, 8, 8), heads=2, image_size=32, high_pass=True)
+    plain = MultiHeadPatchDiscriminator(filters=(4, 8, 8), heads=2, image_size=32)
+    sharp.build(x.shape)
+    plain.build((2, 32, 32, 2))  # the same network fed the two channels by hand
+    assert tuple(sharp.blocks[0].conv.kernel.shape) == (4, 4, 2, 4)
+    plain.set_weights(sharp.get_weights())
+    both = np.concatenate([x, to_np(laplacian(x))], axis=-1)
+    for got, expected in zip(sharp(x), plain(both)):
+        np.testing.assert_allclose(to_np(got), to_np(expected), atol=1e-5)
+
+
+SHARP_OPTIONS = {"padding": "reflect", "structure_scales": 3, "disc_high_pass": True}
+
+
+@pytest.mark.parametrize("option", sorted(SHARP_OPTIONS))
+def test_losses_fall_on_a_fixed_batch_with_each_sharp_bone_option(tiny_config, option):
+    import tensorflow as tf
+    from conftest import ring_batch
+
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    keras.utils.set_random_seed(0)
+    config = tiny_config.replace(learning_rate_g=1e-3, learning_rate_d=1e-3, decay_start=1.0,
+                                 epochs=3, steps_per_epoch=8, **{option: SHARP_OPTIONS[option]})
+    model = VAECycleGAN(config)
+    model.compile()
+    mri, ct = ring_batch(32)
+    dataset = tf.data.Dataset.from_tensors((mri, ct)).repeat()
+    history = model.fit(dataset, epochs=3, steps_per_epoch=8, verbose=0).history
+    assert history["cycle"][-1] < 0.7 * history["cycle"][0], history["cycle"]
+    assert history["structure"][-1] < history["structure"][0], history["structure"]
+    assert all(np.isfinite(v) for values in history.values() for v in values)
+
+
+def test_a_model_with_the_sharp_bone_options_saves_and_loads(tiny_config, tmp_path):
+    from conftest import ring_batch
+
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    model = VAECycleGAN(tiny_config.replace(**SHARP_OPTIONS))
+    model.compile()
+    mri, ct = ring_batch(32)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.settings == model.settings
+    assert loaded.g_ct.padding == "reflect" and loaded.d_ct.high_pass
+    for direction, images in (("mri2ct", mri), ("ct2mri", ct)):
+        np.testing.assert_array_equal(to_np(loaded.translate(images, direction)),
+                                      to_np(model.translate(images, direction)))
+    for got, expected in zip(loaded.d_ct(ct), model.d_ct(ct)):
+        np.testing.assert_array_equal(to_np(got), to_np(expected))

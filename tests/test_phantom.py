@@ -168,3 +168,180 @@ def test_label_volume_is_pixel_identical_to_the_pinned_drawing(seed):
     labels = phantom._label_volume(anatomy, 64)
     assert labels.shape == (12, 64, 64) and labels.dtype == np.uint8
     assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == _PINNED_LABELS[seed]
+
+
+# --- the harder head phantom (phantom_head) ------------------------------------------------
+
+from keras_vaegan.data import phantom_head as head  # noqa: E402
+
+
+def _brain_mri(s) -> float:
+    return float(np.median(s.mri[np.isin(s.labels, [head.GREY_MATTER, head.WHITE_MATTER])]))
+
+
+def test_head_phantom_is_deterministic_and_varies_in_pose_and_shape():
+    a, b, c = head.make_subject(3), head.make_subject(3), head.make_subject(4)
+    for name in ("mri", "ct", "mask", "labels"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.mri.shape == a.ct.shape == a.mask.shape == a.labels.shape == (8, 64, 64)
+    assert a.mri.dtype == a.ct.dtype == np.float32 and a.mask.dtype == np.uint8
+    assert not np.array_equal(a.mask, c.mask)
+    # per-subject 3-D pose: the heads' principal in-plane axes point different ways
+    angles = []
+    for seed in range(4):
+        mask = head.make_subject(seed).mask[4] > 0
+        yy, xx = np.nonzero(mask)
+        cov = np.cov(np.stack([xx, yy]))
+        w, v = np.linalg.eigh(cov)
+        angles.append(np.degrees(np.arctan2(abs(v[0, 1]), abs(v[1, 1]))))
+    assert max(angles) - min(angles) > 3.0
+    np.testing.assert_array_equal(head.expected_ct(3), head.expected_ct(3))
+    dx, dy, dz = head.spacing_mm(3)
+    assert dx == dy == pytest.approx(head.FOV_MM / 64) and 3.0 <= dz <= 5.0
+
+
+def test_head_phantom_tissues_are_in_their_hounsfield_ranges():
+    s = head.make_subject(2, size=128, slices=6)
+    labels, ct = s.labels, s.ct
+    assert ct.min() >= -1024 and ct.max() <= 3071
+    assert abs(np.median(ct[labels == head.AIR]) + 1000) < 20
+    white = _erode(_erode(labels == head.WHITE_MATTER))
+    assert white.sum() > 500 and 15 < np.median(ct[white]) < 40
+    bone = labels == head.CORTICAL_BONE
+    assert np.median(ct[bone]) > 700
+    # cortical tables around diploe: on CT the marrow is darker than the tables, on T1 brighter
+    marrow = labels == head.MARROW
+    assert marrow.sum() > 50
+    assert np.median(ct[marrow]) < np.median(ct[bone]) - 200
+    assert np.median(s.mri[marrow]) > 3 * np.median(s.mri[bone])
+
+
+def _enclosed_by_bone(labels: np.ndarray, cells: np.ndarray) -> float:
+    """Of the four in-plane walks from each cell pixel, the fraction whose first non-cell is bone."""
+    bone = np.isin(labels, [head.CORTICAL_BONE, head.MARROW])
+    hits = walks = 0
+    for k, i, j in zip(*np.nonzero(cells)):
+        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            a, b = i, j
+            while 0 <= a < cells.shape[1] and 0 <= b < cells.shape[2] and cells[k, a, b]:
+                a, b = a + di, b + dj
+            walks += 1
+            hits += bool(0 <= a < cells.shape[1] and 0 <= b < cells.shape[2] and bone[k, a, b])
+    return hits / walks
+
+
+def test_head_phantom_has_air_cells_inside_bone_calcifications_and_haemorrhage():
+    air_cells = calcified = bled = 0
+    for seed in range(5):
+        s = head.make_subject(seed)
+        brain = _brain_mri(s)
+        cells = s.labels == head.AIR_CELL
+        if cells.any():
+            assert np.all(s.mask[cells] == 1)  # inside the head ...
+            assert _enclosed_by_bone(s.labels, cells) > 0.9  # ... within the bone
+            assert np.median(s.ct[cells]) < -200  # air on CT
+            assert np.median(s.mri[cells]) < 0.2 * brain  # and as dark as bone on T1
+            air_cells += 1
+        calc = (s.labels == head.CALCIFICATION) & (s.ct > 500)
+        if calc.any():
+            assert np.median(s.mri[calc]) < brain  # very bright on CT, dark on T1
+            calcified += 1
+        blood = _erode(s.labels == head.HAEMORRHAGE)
+        if blood.any():
+            assert 55 < np.median(s.ct[blood]) < 85
+            assert np.median(s.mri[blood]) > brain  # bright on T1
+            bled += 1
+    assert air_cells >= 3 and calcified >= 1 and bled >= 1
+
+
+def test_head_phantom_has_sulci_and_ventricles_of_varying_size():
+    csf_deep = []
+    for seed in range(6):
+        s = head.make_subject(seed, size=64, slices=8)
+        csf = s.labels == head.CSF
+        # sulci: CSF wedged into the cortex, with grey matter on both sides along a row or column
+        grey = s.labels == head.GREY_MATTER
+        between = csf & ((np.roll(grey, 1, 2) & np.roll(grey, -1, 2))
+                         | (np.roll(grey, 1, 1) & np.roll(grey, -1, 1)))
+        assert between.sum() > 5
+        a = head._draw_anatomy(np.random.default_rng(seed), 8)
+        csf_deep.append(a["ventricles"])
+    assert max(csf_deep) / min(csf_deep) > 1.5
+
+
+def test_head_phantom_partial_volume_gives_intermediate_values_at_edges():
+    s = head.make_subject(1, size=64, slices=8)
+    clean = head.expected_ct(1, size=64, slices=8)  # no noise: only partial volume and blur
+    edge = (s.mask > 0) & ~_erode(s.mask > 0)
+    assert np.mean((clean[edge] > -900) & (clean[edge] < -100)) > 0.3
+    # thick slices: a plane through the fine samples of one slice, averaged, is not the slice
+    a = head._draw_anatomy(np.random.default_rng(1), 8)
+    x, y, z = head._head_coordinates(a, 64)
+    fine = head._label_volume(head.rng_for_cells(1), a, x, y, z)
+    planes = fine.reshape(8, head._THROUGH, 128, 128)
+    assert not np.array_equal(planes[:, 0], planes[:, -1])  # the planes of a slice differ
+
+
+def test_phantom_kind_picks_the_phantom_and_refuses_others():
+    assert head.phantom_kind("classic").make_subject is phantom.make_subject
+    drawn = head.phantom_kind("head")
+    mri, ct, mask = make_slices(10, size=32, seed=1, slices_per_subject=4, make=drawn.make_subject)
+    assert mri.shape == (10, 32, 32)
+    np.testing.assert_array_equal(ct[:4], head.make_subject(subject_seed(1, 0), 32, 4).ct)
+    with pytest.raises(VAEGANError, match="classic, head"):
+        head.phantom_kind("round")
+
+
+def test_training_data_comes_from_the_configured_phantom():
+    from keras_vaegan.config import Config
+    from keras_vaegan.data.training_data import phantom_training_data
+
+    config = Config(phantom="head", phantom_subjects=2, phantom_slices=2, phantom_size=32)
+    data = phantom_training_data(config)
+    assert data.origin.startswith("head phantom (4 MRI and 4 CT slices")
+    classic = phantom_training_data(config.replace(phantom="classic"))
+    assert classic.origin.startswith("phantom (4 MRI")
+    assert not np.allclose(np.asarray(data.ct), np.asarray(classic.ct))
+    with pytest.raises(VAEGANError, match="phantom"):
+        Config(phantom="round")
+
+
+def test_cli_phantom_kind_head_writes_readable_nifti_and_png(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from click.testing import CliRunner
+
+    from keras_vaegan.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["phantom", str(tmp_path / "nii"), "--kind", "head", "--format",
+                                  "nii", "--subjects", "1", "--slices", "3", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    subject = head.make_subject(subject_seed(0, 0), 32, 3)
+    image = nib.load(tmp_path / "nii" / "000" / "ct.nii.gz")
+    assert image.shape == (32, 32, 3)
+    np.testing.assert_allclose(image.header.get_zooms(), head.spacing_mm(subject.seed, 32),
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.transpose(image.get_fdata(), (2, 1, 0)), subject.ct, atol=1e-3)
+
+    result = runner.invoke(main, ["phantom", str(tmp_path / "png"), "--kind", "head",
+                                  "--subjects", "1", "--slices", "2", "--size", "32"])
+    assert result.exit_code == 0 and result.output.strip() == f"wrote 6 files to {tmp_path / 'png'}"
+    ct = read_slice(tmp_path / "png" / "ct" / "000_001.png", "ct")
+    np.testing.assert_allclose(ct.pixels, head.make_subject(subject_seed(0, 0), 32, 2).ct[1],
+                               atol=0.5)
+    result = runner.invoke(main, ["phantom", str(tmp_path / "x"), "--kind", "round"])
+    assert result.exit_code == 2
+
+
+# make_subject's images (not only its labels) as the classic phantom drew them before the
+# harder head phantom was added beside it: the classic one stays byte-identical.
+_PINNED_CLASSIC = {0: "6e9382bbc5b3746d", 3: "15784343e9693baf"}
+
+
+@pytest.mark.parametrize("seed", sorted(_PINNED_CLASSIC))
+def test_classic_phantom_images_are_byte_identical_to_the_pinned_drawing(seed):
+    import hashlib
+
+    s = make_subject(seed, 64, 8)
+    digest = hashlib.sha256(s.ct.tobytes() + s.mri.tobytes() + s.mask.tobytes()).hexdigest()
+    assert digest[:16] == _PINNED_CLASSIC[seed]

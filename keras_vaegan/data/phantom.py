@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -51,6 +52,9 @@ class PhantomSubject:
     mask: np.ndarray  # uint8, 1 inside the head (body mask)
     labels: np.ndarray  # uint8 tissue label per pixel (see TISSUES)
     seed: int
+
+
+SubjectMaker = Callable[[int, int, int], PhantomSubject]  # (seed, size, slices) -> subject
 
 
 def subject_seed(seed: int, index: int) -> int:
@@ -106,16 +110,21 @@ def expected_ct(seed: int, size: int = 64, slices: int = 8) -> np.ndarray:
     return np.clip(_blur(ct, _CT_BLUR), *CT_RANGE_HU).astype(np.float32)
 
 
-def make_slices(count: int, size: int = 64, seed: int = 0,
-                slices_per_subject: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``count`` paired slices (mri, ct, mask), each [count, size, size], from as many subjects as needed."""
+def make_slices(count: int, size: int = 64, seed: int = 0, slices_per_subject: int = 8,
+                make: SubjectMaker | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` paired slices (mri, ct, mask), each [count, size, size], from as many subjects as needed.
+
+    ``make`` draws one subject (default: this module's ``make_subject``; the
+    harder head of ``phantom_head`` plugs in here).
+    """
+    make = make or make_subject
     count, slices_per_subject = int(count), int(slices_per_subject)
     if count < 1:
         raise VAEGANError(None, f"phantom slice count must be >= 1, got {count}")
     if slices_per_subject < 1:
         raise VAEGANError(None, f"phantom slices per subject must be >= 1, got {slices_per_subject}")
     subjects = -(-count // slices_per_subject)
-    drawn = [make_subject(subject_seed(seed, i), size, slices_per_subject) for i in range(subjects)]
+    drawn = [make(subject_seed(seed, i), size, slices_per_subject) for i in range(subjects)]
     mri = np.concatenate([s.mri for s in drawn])[:count]
     ct = np.concatenate([s.ct for s in drawn])[:count]
     mask = np.concatenate([s.mask for s in drawn])[:count]
@@ -123,7 +132,8 @@ def make_slices(count: int, size: int = 64, seed: int = 0,
 
 
 def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: int,
-                  fmt: str = "png", seed: int = 0) -> list[str]:
+                  fmt: str = "png", seed: int = 0, make: SubjectMaker | None = None,
+                  spacing: Callable[[int, int], tuple] | None = None) -> list[str]:
     """Write a phantom dataset; returns the paths written.
 
     Slice formats (png, tif, npy): ``out_dir/{mri,ct,mask}/<subject>_<slice>.<fmt>``,
@@ -133,7 +143,10 @@ def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: 
     affine says columns run to the patient's left, rows to posterior and
     slices to superior (LPS), which is how the phantom is drawn, so
     ``volumes.read_volume`` gives back the slices as ``make_subject`` made them.
+    ``make`` draws one subject (as for ``make_slices``); ``spacing(seed, size)``
+    gives its NIfTI voxel size in mm (default 1 mm).
     """
+    make = make or make_subject
     from keras_vaegan.data.writers import write_slice
 
     out_dir = os.fspath(out_dir)
@@ -144,9 +157,11 @@ def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: 
         raise VAEGANError(None, f"phantom subjects must be >= 1, got {subjects}")
     written: list[str] = []
     for index in range(int(subjects)):
-        subject = make_subject(subject_seed(seed, index), size, slices)
+        subject = make(subject_seed(seed, index), size, slices)
         if fmt in ("nii", "nii.gz"):
-            written.extend(_write_nifti_subject(os.path.join(out_dir, f"{index:03d}"), subject))
+            voxel = spacing(subject.seed, size) if spacing else (1.0, 1.0, 1.0)
+            written.extend(_write_nifti_subject(os.path.join(out_dir, f"{index:03d}"), subject,
+                                                voxel))
             continue
         for k in range(subject.mri.shape[0]):
             name = f"{index:03d}_{k:03d}.{fmt}"
@@ -160,7 +175,8 @@ def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: 
     return written
 
 
-def _write_nifti_subject(folder: str, subject: PhantomSubject) -> list[str]:
+def _write_nifti_subject(folder: str, subject: PhantomSubject,
+                         voxel: tuple = (1.0, 1.0, 1.0)) -> list[str]:
     try:
         import nibabel as nib
     except ImportError:
@@ -168,7 +184,8 @@ def _write_nifti_subject(folder: str, subject: PhantomSubject) -> list[str]:
             from None
     from keras_vaegan.io.atomic import atomic_path
 
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS world: +column = L, +row = P, +slice = S
+    # RAS world: +column = L, +row = P, +slice = S
+    affine = np.diag([-float(voxel[0]), -float(voxel[1]), float(voxel[2]), 1.0])
     written = []
     for name, volume, dtype in (("mri", subject.mri, np.float32), ("ct", subject.ct, np.float32),
                                 ("mask", subject.mask, np.uint8)):

@@ -252,18 +252,22 @@ def _describe(paths: list[str]) -> str:
 
 def phantom_training_data(config: Config) -> TrainingData:
     """Phantom slices; MRI and CT from different subjects, so the pairs are truly unpaired."""
+    from keras_vaegan.data.phantom_head import phantom_kind
+
     count = config.phantom_subjects * config.phantom_slices
+    make = phantom_kind(config.phantom).make_subject
     mri, _, _ = phantom.make_slices(count, config.phantom_size, seed=config.seed,
-                                    slices_per_subject=config.phantom_slices)
+                                    slices_per_subject=config.phantom_slices, make=make)
     _, ct, _ = phantom.make_slices(count, config.phantom_size, seed=config.seed + 1,
-                                   slices_per_subject=config.phantom_slices)
+                                   slices_per_subject=config.phantom_slices, make=make)
     maps = [mri_map(s, config.mri_percentiles) for s in mri]
     config = config.replace(mri_units="percentile", ct_units="hu",
                             mri_reference_range=_reference_range(maps))
     ct_to_unit = map_for("hu", None, config)
+    name = "phantom" if config.phantom == "classic" else f"{config.phantom} phantom"
     return TrainingData([m.to_unit(s) for m, s in zip(maps, mri)],
                         [ct_to_unit.to_unit(s) for s in ct], config,
-                        origin=f"phantom ({count} MRI and {count} CT slices, "
+                        origin=f"{name} ({count} MRI and {count} CT slices, "
                                f"{config.phantom_size}x{config.phantom_size})")
 
 

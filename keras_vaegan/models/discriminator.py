@@ -7,12 +7,19 @@ directly, not only through the last layer (the seed's "feature adjustment /
 derivative independence"); the deepest head sees the most context. Strides
 stop once the feature map would fall below ``min_map_size``, so the same
 design works from 32x32 crops up.
+
+``high_pass=True`` gives the first block a second channel, a fixed Laplacian
+of the image (edges reflected): thin bone and sharp edges are small in the
+image's own intensities but large there, so a blurred skull is easy to call
+fake.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import layers, ops
+
+from keras_vaegan.models.generator import reflect_pad
 
 
 def block_strides(image_size: int, blocks: int, min_map_size: int) -> list[int]:
@@ -28,6 +35,13 @@ def block_strides(image_size: int, blocks: int, min_map_size: int) -> list[int]:
         else:
             strides.append(1)
     return strides
+
+
+def laplacian(images):
+    """The 4-neighbour Laplacian of NHWC images, borders reflected (a constant image gives 0)."""
+    p = reflect_pad(images, 1)
+    return (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:]
+            - 4.0 * p[:, 1:-1, 1:-1])
 
 
 @keras.saving.register_keras_serializable(package="keras_vaegan")
@@ -67,8 +81,9 @@ class MultiHeadPatchDiscriminator(keras.Model):
     """Returns a list of K patch maps (logits), shallowest first, deepest last."""
 
     def __init__(self, filters=(64, 128, 256, 512, 512), heads: int = 3, image_size: int = 64,
-                 min_map_size: int = 4, **kwargs):
+                 min_map_size: int = 4, high_pass: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.high_pass = bool(high_pass)
         self.filters = tuple(int(f) for f in filters)
         self.heads = int(heads)
         self.image_size = int(image_size)
@@ -88,6 +103,8 @@ class MultiHeadPatchDiscriminator(keras.Model):
 
     def build(self, input_shape):
         shape = tuple(input_shape)
+        if self.high_pass:
+            shape = shape[:-1] + (2 * shape[-1],)
         for i, block in enumerate(self.blocks):
             block.build(shape)
             shape = block.compute_output_shape(shape)
@@ -96,6 +113,8 @@ class MultiHeadPatchDiscriminator(keras.Model):
         self.built = True
 
     def call(self, x, training=False):
+        if self.high_pass:
+            x = ops.concatenate([x, laplacian(x)], axis=-1)
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -105,4 +124,5 @@ class MultiHeadPatchDiscriminator(keras.Model):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": list(self.filters), "heads": self.heads,
-                "image_size": self.image_size, "min_map_size": self.min_map_size}
+                "image_size": self.image_size, "min_map_size": self.min_map_size,
+                "high_pass": self.high_pass}

@@ -65,8 +65,14 @@ def _gradient_magnitude(images):
     return ops.sqrt(ops.square(dx) + ops.square(dy) + 1e-8)
 
 
-def structure_loss(inputs, translated):
+def structure_loss(inputs, translated, scales: int = 1):
     """1 - the correlation of the two images' gradient magnitudes, averaged over the batch.
+
+    ``scales`` > 1 averages that over the images and ``scales - 1`` successive
+    2x average-pooled copies of them: at full resolution the term sees the
+    skull's thin tables, coarser it sees the whole bone and its air cells as
+    one structure, so a translation that blurs or shifts the skull by a pixel
+    still gets a gradient towards the right place.
 
     Why: MRI and CT disagree on which tissue is bright (bone and air are both
     dark on MRI) but agree on where tissue boundaries are. Correlating edge
@@ -75,6 +81,16 @@ def structure_loss(inputs, translated):
     neither the adversarial nor the cycle term does (a generator may move an
     edge as long as its partner moves it back).
     """
+    total = _structure_term(inputs, translated)
+    for _ in range(1, int(scales)):
+        inputs = ops.average_pool(_f32(inputs), 2, strides=2, padding="valid")
+        translated = ops.average_pool(_f32(translated), 2, strides=2, padding="valid")
+        total = total + _structure_term(inputs, translated)
+    return total / float(scales)
+
+
+def _structure_term(inputs, translated):
+    """One scale of ``structure_loss``."""
     a = _gradient_magnitude(inputs)
     b = _gradient_magnitude(translated)
     a = a - ops.mean(a, axis=(1, 2, 3), keepdims=True)

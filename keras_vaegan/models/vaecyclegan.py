@@ -50,9 +50,10 @@ class VAECycleGAN(keras.Model):
         c = config
         gen = dict(filters=c.gen_filters, latent_downsample=c.latent_downsample,
                    res_blocks=c.gen_res_blocks, latent_channels=c.latent_channels,
-                   skip_connections=c.skip_connections, upsampling=c.upsampling)
+                   skip_connections=c.skip_connections, upsampling=c.upsampling,
+                   padding=c.padding)
         disc = dict(filters=c.disc_filters, heads=c.disc_heads, image_size=c.image_size,
-                    min_map_size=c.disc_min_map_size)
+                    min_map_size=c.disc_min_map_size, high_pass=c.disc_high_pass)
         self.g_ct = VAEGenerator(**gen, seed=c.seed + 1, name="g_ct")
         self.g_mri = VAEGenerator(**gen, seed=c.seed + 2, name="g_mri")
         self.d_ct = MultiHeadPatchDiscriminator(**disc, name="d_ct")
@@ -167,7 +168,8 @@ class VAECycleGAN(keras.Model):
         else:
             terms["identity"] = keras.ops.zeros((), "float32")
         if c.lambda_structure > 0:
-            terms["structure"] = structure_loss(mri, fake_ct) + structure_loss(ct, fake_mri)
+            terms["structure"] = (structure_loss(mri, fake_ct, c.structure_scales)
+                                  + structure_loss(ct, fake_mri, c.structure_scales))
         else:
             terms["structure"] = keras.ops.zeros((), "float32")
         terms["g_loss"] = (terms["adv_ct"] + terms["adv_mri"]
