@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -85,7 +86,9 @@ def run_python(code: str, *args) -> dict:
                             capture_output=True, text=True, timeout=3600)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"{args[0]}: {figures}", file=sys.stderr, flush=True)  # a long run shows its progress
+    return figures
 
 
 def median_of(code: str, repeats: int, *args) -> dict:
@@ -206,6 +209,7 @@ def main() -> None:
     from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(args.mixed_precision)
+    started = time.time()
     half = max(1, args.slices // 2)
     with tempfile.TemporaryDirectory() as tmp:
         volume, small = os.path.join(tmp, "mri.nii.gz"), os.path.join(tmp, "half", "mri.nii.gz")
@@ -224,6 +228,7 @@ def main() -> None:
         figures = speed(run, exported, policy, args, in_process, served)
     result = {
         "benchmark": "predict", **common.machine(), "policy": policy,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "volume": [args.image_size, args.image_size, args.slices], "batch_size": args.batch_size,
         "repeats": args.repeats,
         "in_process_seconds": round(in_process["seconds"], 2),

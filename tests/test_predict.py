@@ -361,3 +361,23 @@ def test_compiled_pass_is_traced_once_and_reused_across_volumes(tmp_path, run_di
         assert written.shape == expected.shape == volume.voxels.shape
         low, high = run.config.ct_window_hu
         np.testing.assert_allclose(written, expected, rtol=0, atol=1e-5 * (high - low) / 2)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_one_filter_convs_traced_as_depthwise_give_the_same_values(padding):
+    import keras
+
+    from keras_vaegan.inference.compiled import _one_filter_convs_as_depthwise
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the rewrite is TensorFlow's only")
+    layer = keras.layers.Conv2D(1, 7, padding=padding, bias_initializer="ones")
+    net = keras.Sequential([keras.Input((20, 24, 5)), layer])
+    images = np.random.default_rng(0).normal(size=(2, 20, 24, 5)).astype(np.float32)
+    plain = keras.ops.convert_to_numpy(net(images))
+    with _one_filter_convs_as_depthwise(net):
+        assert "call" in vars(layer)  # rewritten while the context lasts
+        rewritten = keras.ops.convert_to_numpy(net(images))
+    assert "call" not in vars(layer)  # the layer is itself again afterwards
+    assert rewritten.shape == plain.shape
+    np.testing.assert_allclose(rewritten, plain, rtol=1e-5, atol=1e-5)

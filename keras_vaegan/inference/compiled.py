@@ -84,7 +84,7 @@ def _tensorflow(compiled: CompiledTranslation, net) -> Callable:
 
 @contextlib.contextmanager
 def _one_filter_convs_as_depthwise(net):
-    """While tracing, run each 'same' stride-1 ``Conv2D`` with one filter as depthwise + sum.
+    """While tracing, run each stride-1 ``Conv2D`` with one filter as depthwise conv + sum.
 
     TensorFlow's CPU kernels handle a convolution with one output channel
     badly: the generator's last layer (7x7, 32 -> 1, at full resolution) took
@@ -98,13 +98,13 @@ def _one_filter_convs_as_depthwise(net):
     for layer in net._flatten_layers(include_self=False, recursive=True):
         if not (type(layer) is keras.layers.Conv2D and layer.filters == 1
                 and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
-                and layer.padding == "same" and layer.data_format == "channels_last"
+                and layer.padding in ("same", "valid") and layer.data_format == "channels_last"
                 and layer.groups == 1):
             continue
 
         def call(inputs, layer=layer):
             kernel = tf.cast(keras.ops.convert_to_tensor(layer.kernel), inputs.dtype)
-            out = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], "SAME")
+            out = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], layer.padding.upper())
             out = tf.reduce_sum(out, axis=-1, keepdims=True)
             if layer.use_bias:
                 out = out + tf.cast(keras.ops.convert_to_tensor(layer.bias), out.dtype)
