@@ -95,12 +95,19 @@ class _Passes:
                                              sample=samples > 1)
 
     def run(self, slices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Slices (at most ``per_pass``, each at most ``shape``) -> padded (mean, std or None)."""
+        """Slices (at most ``per_pass``, each at most ``shape``) -> padded (mean, std or None).
+
+        ``slices`` is a list of 2-D arrays, or a 3-D array (a volume's slab:
+        placed with one copy).
+        """
         rows = self.per_pass if self.compiled is not None else len(slices)
         batch = np.full((rows, *self.shape, 1), units.AIR_UNIT, np.float32)
-        for row, image in enumerate(slices):
-            top, left = ((pad - side) // 2 for pad, side in zip(self.shape, image.shape))
-            batch[row, top:top + image.shape[0], left:left + image.shape[1], 0] = image
+        pieces = [(slice(None, len(slices)), slices)] if isinstance(slices, np.ndarray) \
+            else list(enumerate(slices))
+        for row, image in pieces:
+            height, width = image.shape[-2:]
+            top, left = (self.shape[0] - height) // 2, (self.shape[1] - width) // 2
+            batch[row, top:top + height, left:left + width, 0] = image
         if self.samples == 1:
             return self._forward(batch)[:len(slices)], None
         draws = np.stack([self._forward(batch)[:len(slices)] for _ in range(self.samples)])
