@@ -1,7 +1,7 @@
 """Training throughput of the default model: images/s, GFLOP/s, % of peak, input wait.
 
 Runs ``VAECycleGAN.fit`` on the real tf.data pipeline (phantom slices at the
-image size), times each step with a callback (median after warm-up), then
+image size, or ``--slice-size`` slices the crops are cut from), times each step with a callback (median after warm-up), then
 times the same steps on an in-memory batch; the difference is the share of
 step time spent waiting for input. The peak it divides by is measured in the
 same run, right after the timed steps, in the precision they ran in
@@ -41,6 +41,25 @@ def step_times(model, dataset, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
+def pipeline_and_in_memory_steps(model, pipeline, steps: int, warmup: int) -> tuple[float, float]:
+    """Median step time on the tf.data pipeline, then on one of its batches held in memory.
+
+    The difference is the input wait: what the step waited for the pipeline
+    (bench_data.py measures a cached real-sized set the same way).
+    """
+    import tensorflow as tf
+
+    with_pipeline = statistics.median(step_times(model, pipeline, steps, warmup))
+    mri, ct = next(iter(pipeline))
+    in_memory = tf.data.Dataset.from_tensors((mri, ct)).repeat()
+    return with_pipeline, statistics.median(step_times(model, in_memory, steps, 1))
+
+
+def input_wait_fraction(step_s: float, in_memory_s: float) -> float:
+    """The share of a pipeline step spent waiting for input."""
+    return round(max(0.0, 1 - in_memory_s / step_s), 3)
+
+
 def throughput(config, policy: str, step_s: float, in_memory_s: float,
                peak_repeats: int = 5) -> dict:
     """Images/s, GFLOP/s and their fraction of the conv peak measured now, on this machine."""
@@ -53,12 +72,15 @@ def throughput(config, policy: str, step_s: float, in_memory_s: float,
     return {"step_s_median": round(step_s, 4), "images_per_s": round(images_per_s, 3),
             "flops_per_image": flops, "achieved_gflops": round(achieved, 1),
             **fraction_of_peak(achieved, peak),
-            "input_wait_fraction": round(max(0.0, 1 - in_memory_s / step_s), 3)}
+            "input_wait_fraction": input_wait_fraction(step_s, in_memory_s)}
 
 
 def main() -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--slice-size", type=int, default=0,
+                        help="phantom slice side the crops are cut from (default: --image-size; "
+                             "e.g. 512 for 256x256 crops from 512x512 slices)")
     parser.add_argument("--jit-compile", action="store_true", help="XLA (TensorFlow backend)")
     parser.add_argument("--augment-resampling", default="bilinear",
                         choices=["bilinear", "lanczos"],
@@ -66,7 +88,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras
-    import tensorflow as tf
 
     from keras_vaegan.config import Config
     from keras_vaegan.data.pipeline import make_training_dataset
@@ -75,8 +96,9 @@ def main() -> None:
     from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(args.mixed_precision)
+    slice_size = args.slice_size or args.image_size
     config = Config(image_size=args.image_size, batch_size=args.batch_size,
-                    phantom_size=args.image_size, phantom_subjects=8,
+                    phantom_size=slice_size, phantom_subjects=8,
                     mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
                     augment_resampling=args.augment_resampling)
     data = phantom_training_data(config)
@@ -84,22 +106,22 @@ def main() -> None:
     model = VAECycleGAN(config)
     model.compile()
     pipeline = make_training_dataset(data.mri, data.ct, config)
-    with_pipeline = statistics.median(step_times(model, pipeline, args.steps, args.warmup))
-    mri, ct = next(iter(pipeline))
-    in_memory = tf.data.Dataset.from_tensors((mri, ct)).repeat()
-    without_input = statistics.median(step_times(model, in_memory, args.steps, 1))
+    with_pipeline, without_input = pipeline_and_in_memory_steps(model, pipeline, args.steps,
+                                                                args.warmup)
 
     result = {
         "benchmark": "train", **common.machine(), "policy": policy,
         "jit_compile": bool(model.jit_compile), "augment_resampling": config.augment_resampling,
-        "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
+        "image_size": args.image_size, "slice_size": slice_size, "batch_size": args.batch_size,
+        "steps": args.steps,
         **throughput(config, policy, with_pipeline, without_input),
         "parameters": int(sum(int(keras.ops.size(v)) for v in model.trainable_variables)),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
     }
     name = (f"train-{result['backend']}-{policy}-{args.image_size}px-b{args.batch_size}"
             + ("-xla" if args.jit_compile and result["backend"] == "tensorflow" else "")
-            + ("-lanczos" if args.augment_resampling == "lanczos" else ""))
+            + ("-lanczos" if args.augment_resampling == "lanczos" else "")
+            + (f"-from{slice_size}" if slice_size != args.image_size else ""))
     common.write_result(name, result)
 
 
