@@ -20,11 +20,20 @@
    The ``paired`` variant is a reference, not an ablation: the same two
    generators trained with L1 on the *paired* training slices at the same
    budget, i.e. what this generator reaches when it is told the answer.
+   Every variant also gets ``mri2ct_mae_hu_by_class`` (bone > 300 HU, soft
+   tissue -200..300 HU, air < -200 HU in the reference CT, inside the body
+   mask) and, from ``evaluate``, ``through_plane_mae_hu`` (the error of the
+   slice-to-slice steps). ``floors`` scores three predictions that need no
+   training in the same way (MAE, by class, through-plane): the best
+   constant, the lookup table and the anatomy floor.
+   ``--phantom head`` runs all of it on the harder head phantom
+   (``keras_vaegan.data.phantom_head``) instead of the classic one.
 4. Writes results/quality-<name>-seed<seed>.json and, per variant, a figure
    (MRI | sCT | CT | |error| | uncertainty) of test slices at three levels of
    the head (face and maxillary sinuses, middle, vertex).
 
     python benchmarks/quality.py --steps 2000 --variants full,no_kl,single_head,no_augment,copies
+    python benchmarks/quality.py --phantom head --steps 2000 --variants full,paired
 
 Variants run one after the other; to use both cores, start one process per
 group of variants with the same --name/--seed/--steps: each adds its variants
@@ -63,23 +72,27 @@ TEST_SEED_OFFSET = 3000  # the test subjects' dataset seed is --seed plus this
 
 
 def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
-                slices: int, seed: int) -> dict:
+                slices: int, seed: int, kind: str = "classic") -> dict:
     """Unpaired training volumes (flat mri/ and ct/ folders) and paired test subjects."""
     from keras_vaegan.data.phantom import write_phantom
+    from keras_vaegan.data.phantom_head import phantom_kind
+
+    drawn = phantom_kind(kind)
+    draw = {"make": drawn.make_subject, "spacing": drawn.spacing}
 
     paths = {"mri": os.path.join(root, "train", "mri"), "ct": os.path.join(root, "train", "ct"),
              "test": os.path.join(root, "test")}
     for modality, offset in (("mri", 1000), ("ct", 2000)):
         staging = os.path.join(root, f"staging-{modality}")
         write_phantom(staging, subjects=train_subjects, slices=slices, size=size, fmt="nii",
-                      seed=seed + offset)
+                      seed=seed + offset, **draw)
         os.makedirs(paths[modality], exist_ok=True)
         for subject in sorted(os.listdir(staging)):
             shutil.copy(os.path.join(staging, subject, f"{modality}.nii.gz"),
                         os.path.join(paths[modality], f"{subject}.nii.gz"))
         shutil.rmtree(staging)
     write_phantom(paths["test"], subjects=test_subjects, slices=slices, size=size, fmt="nii",
-                  seed=seed + TEST_SEED_OFFSET)
+                  seed=seed + TEST_SEED_OFFSET, **draw)
     return paths
 
 
@@ -94,13 +107,63 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def lookup_table_floor(mri_units: list, cts: list, masks: list, bins: int = 256) -> float:
     """MAE (HU) of the best per-intensity map MRI -> HU, fitted on the test pairs."""
-    x = np.concatenate([m[k > 0] for m, k in zip(mri_units, masks)])
+    predictions = lookup_table_predictions(mri_units, cts, masks, bins)
     y = np.clip(np.concatenate([c[k > 0] for c, k in zip(cts, masks)]), *HU_CLIP)
-    index = np.clip(((x + 1) / 2 * (bins - 1)).round().astype(int), 0, bins - 1)
-    table = np.zeros(bins)
+    return float(np.mean(np.abs(np.concatenate(
+        [p[k > 0] for p, k in zip(predictions, masks)]) - y)))
+
+
+def lookup_table_predictions(mri_units: list, cts: list, masks: list,
+                             bins: int = 256) -> list[np.ndarray]:
+    """Each test MRI mapped through the best per-intensity table (HU), fitted on the test pairs."""
+    def bin_of(mri):
+        return np.clip(((mri + 1) / 2 * (bins - 1)).round().astype(int), 0, bins - 1)
+
+    index = np.concatenate([bin_of(m[k > 0]) for m, k in zip(mri_units, masks)])
+    y = np.clip(np.concatenate([c[k > 0] for c, k in zip(cts, masks)]), *HU_CLIP)
+    table = np.full(bins, HU_CLIP[0])
     for b in np.unique(index):
         table[b] = np.median(y[index == b])  # the median minimises the absolute error
-    return float(np.mean(np.abs(table[index] - y)))
+    return [table[bin_of(m)] for m in mri_units]
+
+
+def constant_predictions(cts: list, masks: list) -> list[np.ndarray]:
+    """The best single HU for every voxel: the median of the test CTs inside their masks."""
+    value = float(np.median(np.clip(np.concatenate([c[k > 0] for c, k in zip(cts, masks)]),
+                                    *HU_CLIP)))
+    return [np.full(c.shape, value, np.float32) for c in cts]
+
+
+def prediction_report(predictions: list, cts: list, masks: list) -> dict:
+    """MAE, MAE by class and through-plane MAE (HU) of predicted volumes against the CTs."""
+    from keras_vaegan.inference.evaluate import through_plane_mae_hu
+
+    masks = [np.asarray(k) > 0 for k in masks]
+    errors = np.concatenate([np.abs(np.clip(p, *HU_CLIP) - np.clip(c, *HU_CLIP))[k]
+                             for p, c, k in zip(predictions, cts, masks)])
+    steps = [through_plane_mae_hu(p, c, k) for p, c, k in zip(predictions, cts, masks)]
+    steps = [v for v in steps if v is not None]
+    return {"mae_hu": float(errors.mean()),
+            "by_class_mae_hu": class_errors(predictions, cts, masks),
+            "through_plane_mae_hu": float(np.mean(steps)) if steps else None}
+
+
+# the classes the issue reports MAE for (reference CT, inside the body mask)
+CLASS_HU = {"bone": (300.0, np.inf), "soft_tissue": (-200.0, 300.0), "air": (-np.inf, -200.0)}
+
+
+def class_errors(predictions: list, cts: list, masks: list) -> dict:
+    """MAE (HU) per CT class of ``CLASS_HU``, over all subjects' voxels in the masks."""
+    report = {}
+    for name, (low, high) in CLASS_HU.items():
+        parts = []
+        for p, c, k in zip(predictions, cts, masks):
+            c = np.clip(c, *HU_CLIP)
+            where = (np.asarray(k) > 0) & (c >= low) & (c < high)
+            parts.append(np.abs(np.clip(p, *HU_CLIP) - c)[where])
+        diff = np.concatenate(parts)
+        report[name] = float(diff.mean()) if diff.size else None
+    return report
 
 
 TISSUE_HU = {"air": (-np.inf, -300.0), "soft": (-300.0, 300.0), "bone": (300.0, np.inf)}
@@ -151,7 +214,8 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
     from keras_vaegan.inference.runs import load_run
 
     run = load_run(run_dir)
-    report = evaluate(test_root, test_root, run=run, batch_size=8)
+    # 2-D SSIM, as every committed result (evaluate's default is SynthRAD's 3-D SSIM now)
+    report = evaluate(test_root, test_root, run=run, batch_size=8, ssim_mode="2d")
     subjects = sorted(os.listdir(test_root))
     stds, errors, ct2mri, panels, tissues = [], [], [], [], ([], [], [])
     for subject in subjects:
@@ -178,6 +242,7 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
         "uncertainty_spearman": (rank_correlation(np.concatenate(stds), np.concatenate(errors))
                                  if uncertainty else None),
         "mri2ct_by_tissue": tissue_errors(*tissues),
+        "mri2ct_mae_hu_by_class": class_errors(*tissues),
         "subjects": len(subjects),
     }
     if figure:
@@ -207,7 +272,8 @@ def draw_figure(path: str, panels: list) -> None:
     fig.savefig(path, dpi=80)
 
 
-def floor_for(test_root: str, config) -> float:
+def test_pairs(test_root: str, config) -> tuple[list, list, list]:
+    """The test subjects' MRI (model units), CT (HU) and masks, as written by ``write_split``."""
     from keras_vaegan.data.units import mri_map
     from keras_vaegan.data.volumes import read_volume
 
@@ -218,11 +284,44 @@ def floor_for(test_root: str, config) -> float:
         mris.append(mri_map(mri, config.mri_percentiles).to_unit(mri))
         cts.append(read_volume(os.path.join(folder, "ct.nii.gz"), "ct").voxels)
         masks.append(read_volume(os.path.join(folder, "mask.nii.gz"), "ct").voxels)
-    return lookup_table_floor(mris, cts, masks)
+    return mris, cts, masks
+
+
+def floor_for(test_root: str, config) -> float:
+    return lookup_table_floor(*test_pairs(test_root, config))
+
+
+def floors(test_root: str, config, seed: int, subjects: int, slices: int, size: int,
+           kind: str = "classic") -> dict:
+    """The predictions that need no training, scored as the variants are: what to beat."""
+    mris, cts, masks = test_pairs(test_root, config)
+    anatomy = anatomy_predictions(seed, subjects, slices, size, kind=kind)
+    return {"constant": prediction_report(constant_predictions(cts, masks), cts, masks),
+            "lookup_table": prediction_report(lookup_table_predictions(mris, cts, masks), cts,
+                                              masks),
+            "anatomy": prediction_report(anatomy, cts, masks)}
+
+
+def anatomy_predictions(seed: int, subjects: int, slices: int, size: int, blur_px: float = 0.0,
+                        kind: str = "classic") -> list[np.ndarray]:
+    """``expected_ct`` of each test subject ``write_split`` draws (blurred by ``blur_px``)."""
+    from keras_vaegan.data.filters import gaussian_blur
+    from keras_vaegan.data.phantom import subject_seed
+    from keras_vaegan.data.phantom_head import phantom_kind
+
+    drawn = phantom_kind(kind)
+    predictions = []
+    for index in range(subjects):
+        expected = drawn.expected_ct(subject_seed(seed + TEST_SEED_OFFSET, index), size, slices)
+        if blur_px > 0:
+            radius = max(1, int(np.ceil(3 * blur_px)))
+            expected = gaussian_blur(expected, blur_px, radius, pad_mode="edge", dtype=np.float32)
+        predictions.append(expected)
+    return predictions
 
 
 def anatomy_floor(seed: int, subjects: int, slices: int, size: int,
-                  blur_px: float = 0.0) -> float:
+                  blur_px: float = 0.0, kind: str = "classic") -> float:
     """MAE (HU) of ``phantom.expected_ct`` on the test subjects ``write_split`` draws.
 
     The error left to a method that draws every tissue exactly where it is but
@@ -230,30 +329,30 @@ def anatomy_floor(seed: int, subjects: int, slices: int, size: int,
     ``blur_px`` > 0 blurs that CT in-slice by a gaussian of this sigma first:
     how much a translation that is right but slightly soft loses.
     """
-    from keras_vaegan.data.filters import gaussian_blur
-    from keras_vaegan.data.phantom import expected_ct, make_subject, subject_seed
+    from keras_vaegan.data.phantom import subject_seed
+    from keras_vaegan.data.phantom_head import phantom_kind
 
+    make = phantom_kind(kind).make_subject
     errors = []
+    expected = anatomy_predictions(seed, subjects, slices, size, blur_px, kind)
     for index in range(subjects):
-        subject_id = subject_seed(seed + TEST_SEED_OFFSET, index)
-        subject = make_subject(subject_id, size, slices)
+        subject = make(subject_seed(seed + TEST_SEED_OFFSET, index), size, slices)
         ct = np.clip(subject.ct, *HU_CLIP)
-        expected = expected_ct(subject_id, size, slices)
-        if blur_px > 0:
-            radius = max(1, int(np.ceil(3 * blur_px)))
-            expected = gaussian_blur(expected, blur_px, radius, pad_mode="edge", dtype=np.float32)
-        errors.append(np.abs(expected - ct)[subject.mask > 0])
+        errors.append(np.abs(expected[index] - ct)[subject.mask > 0])
     return float(np.mean(np.concatenate(errors)))
 
 
-def paired_training_slices(seed: int, subjects: int, slices: int, size: int, config):
+def paired_training_slices(seed: int, subjects: int, slices: int, size: int, config,
+                           kind: str = "classic"):
     """The MRI training subjects of ``write_split`` with their own CTs, in model units.
 
     Only the paired reference uses them: the VAE-CycleGAN never sees a pair.
     """
-    from keras_vaegan.data.phantom import make_subject, subject_seed
+    from keras_vaegan.data.phantom import subject_seed
+    from keras_vaegan.data.phantom_head import phantom_kind
     from keras_vaegan.data.units import ct_map, mri_map
 
+    make_subject = phantom_kind(kind).make_subject
     window = ct_map(tuple(config.ct_window_hu))
     mri, ct = [], []
     for index in range(subjects):
@@ -326,11 +425,13 @@ def merge_result(name: str, results: dict) -> dict:
         return results
     with open(path, encoding="utf-8") as handle:
         previous = json.load(handle)
-    # files written before train_subjects was recorded used the default
+    # files written before train_subjects or phantom was recorded used the defaults
     previous.setdefault("train_subjects", TRAIN_SUBJECTS)
+    previous.setdefault("phantom", "classic")
+    results = {"phantom": "classic", **results}
     same = all(previous.get(k) == results[k] for k in ("steps", "batch_size", "image_size",
                                                         "seed", "overrides", "backend",
-                                                        "train_subjects"))
+                                                        "train_subjects", "phantom"))
     if not same:
         print(f"note: {path} was measured with other settings; replacing it", flush=True)
         return results
@@ -353,6 +454,8 @@ def markdown_table(paths: list[str]) -> str:
         changes = [f"{k}={json.dumps(v)}" for k, v in result["overrides"].items()]
         if result.get("train_subjects", TRAIN_SUBJECTS) != TRAIN_SUBJECTS:
             changes.append(f"{result['train_subjects']} training subjects")
+        if result.get("phantom", "classic") != "classic":
+            changes.append(f"{result['phantom']} phantom")
         changed = ", ".join(changes)
         for name in names:
             v = result["variants"][name]
@@ -375,6 +478,23 @@ def trained_precision(run_dir: str) -> str:
         return json.load(handle).get("precision_policy", "")
 
 
+def result_header(args, base, overrides: dict, test_root: str) -> dict:
+    """What a result file records before any variant: the budget, the phantom and its floors."""
+    floor_args = (args.seed, args.test_subjects, args.slices, args.image_size)
+    scored = floors(test_root, base, *floor_args, kind=args.phantom)
+    return {"benchmark": "quality", **common.machine(), "steps": base.total_steps,
+            "batch_size": args.batch_size, "image_size": args.image_size,
+            "seed": args.seed, "overrides": overrides, "train_subjects": args.train_subjects,
+            "phantom": args.phantom,
+            "lookup_table_floor_mae_hu": scored["lookup_table"]["mae_hu"],
+            "constant_floor_mae_hu": scored["constant"]["mae_hu"],
+            "anatomy_floor_mae_hu": anatomy_floor(*floor_args, kind=args.phantom),
+            "anatomy_floor_blurred_mae_hu": {
+                str(px): anatomy_floor(*floor_args, blur_px=px, kind=args.phantom)
+                for px in FLOOR_BLUR_PX},
+            "floors": scored, "variants": {}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -390,7 +510,11 @@ def main() -> None:
                         help="subjects per training modality")
     parser.add_argument("--test-subjects", type=int, default=4)
     parser.add_argument("--slices", type=int, default=8)
-    parser.add_argument("--name", default="phantom64")
+    parser.add_argument("--name", help="results/quality-NAME-seedS.json (default: phantom64 for "
+                        "the classic phantom, head64 for the head phantom, at 64 pixels)")
+    parser.add_argument("--phantom", choices=("classic", "head"), default="classic",
+                        help="classic: the phantom the defaults were tuned on; head: the harder "
+                        "head phantom (keras_vaegan.data.phantom_head)")
     parser.add_argument("--keep", help="keep the runs and data in this folder")
     parser.add_argument("--score", metavar="RUN",
                         help="only score this run (kept with --keep) and draw its figure")
@@ -420,32 +544,27 @@ def main() -> None:
         parser.error(f"--set: {error.message}")
     except VAEGANError as error:
         parser.error(f"--set: {error.reason}")
+    args.name = args.name or ("phantom64" if args.phantom == "classic" else "head64")
+    base = base.replace(phantom=args.phantom)  # recorded; fit reads the volumes written here
     work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
     paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
-                        args.test_subjects, args.slices, args.seed)
+                        args.test_subjects, args.slices, args.seed, kind=args.phantom)
     if args.score:
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-scored-seed{args.seed}.png")
         print(json.dumps(score_variant(args.score, paths["test"], figure)), flush=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         return
-    results = {"benchmark": "quality", **common.machine(), "steps": base.total_steps,
-               "batch_size": args.batch_size, "image_size": args.image_size,
-               "seed": args.seed, "overrides": overrides, "train_subjects": args.train_subjects,
-               "lookup_table_floor_mae_hu": floor_for(paths["test"], base),
-               "anatomy_floor_mae_hu": anatomy_floor(args.seed, args.test_subjects, args.slices,
-                                                     args.image_size),
-               "anatomy_floor_blurred_mae_hu": {
-                   str(px): anatomy_floor(args.seed, args.test_subjects, args.slices,
-                                          args.image_size, blur_px=px) for px in FLOOR_BLUR_PX},
-               "variants": {}}
+    results = result_header(args, base, overrides, paths["test"])
+    print(json.dumps({"floors": results["floors"]}), flush=True)
     for name in args.variants.split(","):
         config = base.replace(**VARIANTS[name])
         run_dir = os.path.join(work, f"run-{name}")
         start = time.perf_counter()
         if name == "paired":
             train_paired(config, *paired_training_slices(args.seed, args.train_subjects,
-                                                         args.slices, args.image_size, config),
+                                                         args.slices, args.image_size, config,
+                                                         kind=args.phantom),
                          run_dir)
         else:
             fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=0)

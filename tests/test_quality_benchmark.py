@@ -188,3 +188,100 @@ def test_paired_reference_learns_the_pairs_and_is_scored_as_a_run(tmp_path):
     trained = error(tmp_path / "paired")
     assert trained[0] < 0.6 * untrained[0]  # MRI -> CT
     assert trained[1] < 0.6 * untrained[1]  # and CT -> MRI, both supervised
+
+
+# --- the head phantom, the error by class, the through-plane measure and the floors ----------
+
+
+def test_class_errors_use_the_issues_bone_soft_tissue_and_air_classes():
+    ct = np.full((2, 6, 6), 40.0)
+    ct[:, :, 0] = -1000.0  # air
+    ct[:, :, 1] = -250.0  # air by the issue's classes (< -200 HU)
+    ct[:, :, 5] = 1000.0  # bone (> 300 HU)
+    prediction = ct.copy()
+    prediction[:, :, :2] += 100.0
+    prediction[:, :, 2:5] -= 30.0
+    prediction[:, :, 5] = 400.0
+    mask = np.ones_like(ct, bool)
+    mask[1] = False  # the second slice is outside the body
+    report = quality.class_errors([prediction], [ct], [mask])
+    assert report == pytest.approx({"bone": 600.0, "soft_tissue": 30.0, "air": 100.0})
+    assert quality.class_errors([prediction], [ct], [mask & (ct < 300)])["bone"] is None
+
+
+def test_floor_predictions_are_scored_like_a_model():
+    rng = np.random.default_rng(0)
+    ct = np.where(rng.random((4, 8, 8)) < 0.3, 1000.0, 40.0) + np.arange(4)[:, None, None] * 10
+    mri = np.where(ct > 500, -0.9, 0.3)
+    mask = np.ones_like(ct)
+    perfect = quality.prediction_report([ct], [ct], [mask])
+    assert perfect["mae_hu"] == 0 and perfect["through_plane_mae_hu"] == 0
+    constant = quality.constant_predictions([ct], [mask])[0]
+    assert np.all(constant == np.median(ct))
+    report = quality.prediction_report([constant], [ct], [mask])
+    # a constant prediction has no steps between slices: its through-plane error is the CT's own
+    assert report["through_plane_mae_hu"] == pytest.approx(np.abs(np.diff(ct, axis=0)).mean())
+    table = quality.lookup_table_predictions([mri], [ct], [mask])[0]
+    lookup = quality.prediction_report([table], [ct], [mask])
+    assert lookup["mae_hu"] == pytest.approx(quality.lookup_table_floor([mri], [ct], [mask]))
+    assert lookup["mae_hu"] < report["mae_hu"]
+
+
+def test_head_phantom_split_and_floors(tmp_path):
+    from keras_vaegan.config import Config
+    from keras_vaegan.data import phantom_head
+    from keras_vaegan.data.phantom import subject_seed
+
+    paths = quality.write_split(str(tmp_path), size=32, train_subjects=1, test_subjects=2,
+                                slices=4, seed=5, kind="head")
+    nib = pytest.importorskip("nibabel")
+    ct = nib.load(os.path.join(paths["test"], "001", "ct.nii.gz"))
+    subject = phantom_head.make_subject(subject_seed(5 + quality.TEST_SEED_OFFSET, 1), 32, 4)
+    np.testing.assert_allclose(np.transpose(ct.get_fdata(), (2, 1, 0)), subject.ct, atol=1e-3)
+    floors = quality.floors(paths["test"], Config(), 5, 2, 4, 32, kind="head")
+    assert set(floors) == {"constant", "lookup_table", "anatomy"}
+    anatomy, lookup, constant = (floors[k]["mae_hu"] for k in ("anatomy", "lookup_table",
+                                                                "constant"))
+    assert anatomy < lookup < constant
+    assert anatomy == pytest.approx(quality.anatomy_floor(5, 2, 4, 32, kind="head"), rel=1e-5)
+    assert anatomy != pytest.approx(quality.anatomy_floor(5, 2, 4, 32), rel=1e-3)  # not classic
+    for report in floors.values():
+        assert set(report["by_class_mae_hu"]) == {"bone", "soft_tissue", "air"}
+        assert report["through_plane_mae_hu"] > 0
+    # bone is where a per-intensity map fails: it cannot tell bone from air
+    assert floors["lookup_table"]["by_class_mae_hu"]["bone"] > lookup
+
+
+def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, monkeypatch):
+    from keras_vaegan.inference import evaluate as evaluate_module
+
+    monkeypatch.setattr(quality.common, "RESULTS", str(tmp_path))
+    modes = []
+    real_evaluate = evaluate_module.evaluate
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs.get("ssim_mode"))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)
+    tiny = ["--set", "gen_filters=4", "--set", "latent_channels=4", "--set", "gen_res_blocks=1",
+            "--set", "disc_filters=[8,8,8]", "--set", "disc_heads=2", "--set", "pool_size=2",
+            "--set", "mixed_precision=\"off\""]
+    monkeypatch.setattr(sys, "argv", [
+        "quality.py", "--phantom", "head", "--steps", "2", "--steps-per-epoch", "2",
+        "--image-size", "32", "--batch-size", "2", "--train-subjects", "1",
+        "--test-subjects", "1", "--slices", "3", "--variants", "full", *tiny])
+    quality.main()
+    result = json.loads((tmp_path / "quality-head64-seed0.json").read_text())
+    assert modes == ["2d"]
+    assert result["phantom"] == "head" and result["steps"] == 2
+    assert result["constant_floor_mae_hu"] > result["lookup_table_floor_mae_hu"] \
+        > result["anatomy_floor_mae_hu"]
+    full = result["variants"]["full"]
+    assert set(full["mri2ct_mae_hu_by_class"]) == {"bone", "soft_tissue", "air"}
+    assert full["mri2ct"]["through_plane_mae_hu"] > 0
+    assert (tmp_path / "quality-head64-full-seed0.png").exists()
+    assert quality.markdown_table([str(tmp_path / "quality-head64-seed0.json")]).splitlines()[
+        2].startswith("| full + ")
+    assert "head phantom" in quality.markdown_table(
+        [str(tmp_path / "quality-head64-seed0.json")]).splitlines()[2]
