@@ -34,7 +34,6 @@ from keras_vaegan.errors import VAEGANError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _RANGE_TOLERANCE = 1e-3  # float round-off from the unit conversion is clipped, more is a bug
-_MAX_SHUFFLE = 1 << 22  # slice indices shuffled at once: a full permutation of any real set
 
 
 def make_training_dataset(mri_slices: Sequence[np.ndarray] | SliceSource,
@@ -80,8 +79,8 @@ def _stream(source: SliceSource, config: Config, modality: str, seed: int,
             stream_id: int) -> tf.data.Dataset:
     """Shuffled slice indices -> crop windows read per batch -> (augmented) batches.
 
-    Indices, not pixels, are shuffled (a full permutation per epoch costs a
-    few bytes per slice); the crop position is drawn before reading, so only
+    Indices, not pixels, are shuffled (a full permutation per epoch, no
+    buffer; ``config.shuffle_buffer`` is no longer needed); the crop position is drawn before reading, so only
     the window is read; augmentation runs on the window, vectorised over the
     batch.
     """
@@ -92,17 +91,16 @@ def _stream(source: SliceSource, config: Config, modality: str, seed: int,
     augmenting = config.augment and not augmenter.is_identity
     copies = config.augment_copies if augmenting else 0
     count = len(source) * (copies + 1)
-    ds = tf.data.Dataset.range(count).shuffle(min(count, _MAX_SHUFFLE), seed=shuffle_seed,
-                                              reshuffle_each_iteration=True).repeat()
+    ds = tf.data.Dataset.counter().map(_shuffled(count, shuffle_seed))
     if copies:
-        ds = ds.enumerate().map(_copy_cropper(source, size, copies, augmenter, copy_seed,
+        ds = ds.map(_copy_cropper(source, size, copies, augmenter, copy_seed,
                                               crop_seed), num_parallel_calls=AUTOTUNE)
         return ds.batch(config.batch_size, drop_remainder=True)
     # Augment a window with real context around the crop, then cut the crop out
     # of its centre: rotating a bare crop would put air wedges inside the body.
     margin = augmenter.context_margin(size) if augmenting else 0
     window = size + 2 * margin
-    ds = ds.enumerate().map(_placer(source, size, margin, crop_seed),
+    ds = ds.map(_placer(source, size, margin, crop_seed),
                             num_parallel_calls=AUTOTUNE)
     ds = ds.batch(config.batch_size, drop_remainder=True)
     ds = ds.map(_reader(source, window, config.batch_size), num_parallel_calls=AUTOTUNE)
@@ -110,6 +108,20 @@ def _stream(source: SliceSource, config: Config, modality: str, seed: int,
         ds = ds.enumerate().map(_batch_augmenter(augmenter, size, margin, augment_seed),
                                 num_parallel_calls=AUTOTUNE)
     return ds
+
+
+def _shuffled(count: int, shuffle_seed: int):
+    """Map fn: position in the endless stream -> (position, element of that epoch's permutation).
+
+    Every epoch (``count`` positions) is its own seeded permutation of all
+    elements, computed per position: no shuffle buffer to fill or hold.
+    """
+    def pick(position: tf.Tensor):
+        seed = tf.stack([tf.constant(shuffle_seed, tf.int64), position // count])
+        return position, tf.random.experimental.index_shuffle(
+            position % count, seed, tf.constant(count - 1, tf.int64))
+
+    return pick
 
 
 def _placer(source: SliceSource, size: int, margin: int, crop_seed: int):
