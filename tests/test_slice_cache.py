@@ -199,3 +199,19 @@ def test_fit_trains_from_the_cache_in_the_configured_folder(data_root, tmp_path,
     assert [n.split("-")[0] for n in cache_folders(cache)] == ["ct", "mri"]
     fit(config, output=str(tmp_path / "run2"), data_root=data_root, verbose=0)
     assert reads == {"mri": 2, "ct": 2}  # the second run decoded nothing
+
+
+def test_a_cache_finished_meanwhile_by_another_process_is_kept(data_root, tmp_path):
+    """Two workers building the same cache: the second keeps the first's folder (its readers
+    may have its files open) and discards its own build."""
+    cache = tmp_path / "cache"
+    load(Config(), data_root, cache)
+    folder = next(str(cache / n) for n in cache_folders(cache) if n.startswith("ct"))
+    first = os.stat(os.path.join(folder, "shard-00000.f16")).st_ino
+    store = SliceStore(folder)
+    slice_cache._build(folder, store.meta["key"],
+                       lambda add, on_bad: training_data.stream_folder(
+                           os.path.join(data_root), "ct", Config(), add, on_bad), None)
+    assert os.stat(os.path.join(folder, "shard-00000.f16")).st_ino == first
+    assert cache_folders(cache) == sorted(n for n in cache_folders(cache)
+                                          if not n.startswith(".tmp"))

@@ -262,6 +262,10 @@ def _open_existing(folder: str, key: str) -> SliceStore | None:
     return store if store.meta.get("key") == key else None
 
 
+class _BuiltMeanwhile(Exception):
+    """Drops this build: the same cache appeared while it ran (its readers keep their files)."""
+
+
 def _build(folder: str, key: str, build: Builder, on_bad) -> None:
     skipped: list[tuple[str | None, str]] = []
 
@@ -279,6 +283,10 @@ def _build(folder: str, key: str, build: Builder, on_bad) -> None:
                                "skipped": skipped, "slices": len(writer.entries)})
             finally:
                 writer.abort()
+            if _open_existing(folder, key) is not None:
+                raise _BuiltMeanwhile  # another process (a worker) finished it first: keep theirs
+    except _BuiltMeanwhile:
+        pass
     except OSError as err:
         raise VAEGANError(folder, f"cannot write the slice cache ({err.strerror or err}); "
                                   "free space, or --set data_cache=FOLDER elsewhere or "
