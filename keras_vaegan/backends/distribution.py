@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keras_vaegan.errors import VAEGANError
@@ -25,6 +26,9 @@ class Distribution:
     replicas: int = 1
     is_chief: bool = True
     scope: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    # make_dataset -> what fit trains on: the dataset, or (multi-worker) each worker's rows of
+    # every global batch, from a pipeline built afresh for each pass.
+    distribute_dataset: Callable = field(default=lambda make_dataset: make_dataset())
 
 
 def is_chief_worker(tf_config: str | None = None) -> bool:
@@ -54,3 +58,26 @@ def setup_distribution(strategy: str, batch_size: int) -> Distribution:
         raise VAEGANError(None, f"--batch-size {batch_size} must be a multiple of the "
                                 f"{dist.replicas} replicas of --strategy {strategy}")
     return dist
+
+
+@contextlib.contextmanager
+def worker_failures_as_errors(strategy: str):
+    """Multi-worker: a lost or timed-out peer becomes one ``VAEGANError``, not a traceback.
+
+    Collectives fail when another worker dies (the strategy's health check
+    aborts them) or when one waits past the collective timeout; either way
+    this worker cannot go on, and every worker must be restarted with
+    ``--resume`` (the chief's last checkpoint is the common point).
+    """
+    if strategy != "multiworker":
+        yield
+        return
+    from keras_vaegan.backends import get
+
+    failures = getattr(get(), "WORKER_FAILURES", ())
+    try:
+        yield
+    except failures as err:
+        raise VAEGANError(None, f"multi-worker training stopped: another worker died or cannot "
+                                f"be reached ({type(err).__name__}); restart every worker "
+                                "with --resume") from None

@@ -26,10 +26,15 @@ def accelerator_available() -> bool:
 
 def distribution(strategy: str) -> Distribution:
     """keras.distribution.DataParallel over the local devices (auto: several accelerators)."""
-    devices = jax.devices()
     if strategy == "multiworker":
-        raise VAEGANError(None, "--strategy multiworker is TensorFlow only; with JAX, start "
-                                "each host with jax.distributed.initialize() and use mirrored")
+        # Tried over two CPU processes (jax.distributed.initialize + DataParallel, each
+        # process feeding its rows): the steps train in step, but the chief's end-of-epoch
+        # writes (model.save_weights) are cross-process device_puts the others never join.
+        raise VAEGANError(None, "--strategy multiworker is not supported with JAX: the "
+                                "processes train in step, but saving the chief's checkpoint "
+                                "needs every process (docs/distributed.md); use "
+                                "KERAS_BACKEND=tensorflow for multi-worker training")
+    devices = jax.devices()
     if strategy == "auto" and (len(devices) < 2 or not accelerator_available()):
         return Distribution("none")
     if strategy not in ("auto", "mirrored"):

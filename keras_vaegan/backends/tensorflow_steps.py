@@ -9,15 +9,26 @@ the first optimizer's loss scale (see ``backends.loss_scaling.scale_ratios``).
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from keras_vaegan.backends.distribution import Distribution, is_chief_worker
+from keras_vaegan.backends.input_sharding import shard_global_batches
 from keras_vaegan.backends.loss_scaling import scale_ratios, unpack_batch
 from keras_vaegan.errors import VAEGANError
 
 
 def accelerator_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+# Seconds a collective may wait for the other workers before this one gives up.
+COLLECTIVE_TIMEOUT_ENV = "KERAS_VAEGAN_COLLECTIVE_TIMEOUT"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600
+# What a collective raises when a peer is gone (health check) or too slow (timeout).
+WORKER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                   tf.errors.CancelledError, tf.errors.AbortedError)
 
 
 def distribution(strategy: str) -> Distribution:
@@ -27,14 +38,79 @@ def distribution(strategy: str) -> Distribution:
         return Distribution("none")
     if strategy in ("auto", "mirrored"):
         tf_strategy = tf.distribute.MirroredStrategy()
-        chief = True
-    elif strategy == "multiworker":
-        tf_strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        chief = is_chief_worker()
-    else:
-        raise VAEGANError(None, f"unknown --strategy '{strategy}'")
-    return Distribution(f"tf.distribute.{type(tf_strategy).__name__}",
-                        tf_strategy.num_replicas_in_sync, chief, tf_strategy.scope())
+        return Distribution(f"tf.distribute.{type(tf_strategy).__name__}",
+                            tf_strategy.num_replicas_in_sync, True, tf_strategy.scope())
+    if strategy == "multiworker":
+        return _multi_worker()
+    raise VAEGANError(None, f"unknown --strategy '{strategy}'")
+
+
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose ``reduce`` takes nests and scalars as Keras passes them.
+
+    Keras 3's TensorFlow ``fit`` calls ``reduce`` in two ways the multi-worker
+    strategy refuses: on the first ``(mri, ct)`` batch, a tuple (to build the
+    model: "Attempt to convert a value (PerReplica...) to a Tensor"), and on
+    each step's scalar losses with ``axis=0`` ("Invalid reduction dimension
+    0 for input with 0 dimensions"). Each value of a nest is reduced on its
+    own, and a scalar across replicas only (the mean of the replicas' means
+    over equal shares is the mean over the global batch).
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        one = super().reduce
+
+        def reduce_one(v):
+            rank = getattr(v, "values", (v,))[0].shape.rank
+            return one(reduce_op, v, None if rank == 0 else axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def _multi_worker() -> Distribution:
+    """The TF_CONFIG cluster; each worker trains on its own rows of every global batch."""
+    timeout = float(os.environ.get(COLLECTIVE_TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_S))
+    tf_strategy = _MultiWorkerStrategy(communication_options=tf.distribute.experimental
+                                       .CommunicationOptions(timeout_seconds=timeout))
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+
+    def distribute_dataset(make_dataset):
+        def one_pass():
+            def per_worker(context):
+                local = context.num_replicas_in_sync // context.num_input_pipelines
+                return shard_global_batches(make_dataset(), context.input_pipeline_id,
+                                            context.num_input_pipelines, local)
+
+            return tf_strategy.distribute_datasets_from_function(per_worker, options)
+
+        return _fresh_pipeline_per_pass(one_pass)
+
+    return Distribution("tf.distribute.MultiWorkerMirroredStrategy",
+                        tf_strategy.num_replicas_in_sync, is_chief_worker(),
+                        tf_strategy.scope(), distribute_dataset)
+
+
+def _fresh_pipeline_per_pass(one_pass):
+    """A distributed dataset that builds a new input pipeline each time it is iterated.
+
+    Keras's TensorFlow ``fit`` under a strategy iterates its dataset twice:
+    once to draw a batch that builds the model, then again to train. The
+    pipeline's shuffle draws a new order for each iteration of the same
+    dataset, so the run would train on the pipeline's second order while one
+    process trains on its first. A fresh pipeline per pass starts every pass
+    from the same first order (Keras checks the dataset's class, so the
+    first pass's object is kept and only its ``__iter__`` is changed).
+    """
+    first = one_pass()
+    base = type(first)
+    passes = [first]
+
+    def fresh_iter(self):
+        return base.__iter__(passes.pop() if passes else one_pass())
+
+    first.__class__ = type("FreshPipelinePerPass", (base,), {"__iter__": fresh_iter})
+    return first
 
 
 def _update(loss_fn, nets_and_optimizers):

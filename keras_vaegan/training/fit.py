@@ -9,13 +9,14 @@ the snapshot grids).
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import sys
 
 import keras
 
-from keras_vaegan.backends.distribution import setup_distribution
+from keras_vaegan.backends.distribution import setup_distribution, worker_failures_as_errors
 from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.data.pipeline import make_training_dataset, make_validation_batch
 from keras_vaegan.data.slice_cache import cache_root
@@ -31,6 +32,7 @@ from keras_vaegan.training.callbacks import (
     read_checkpoint_state,
     restore_checkpoint,
 )
+from keras_vaegan.training.faults import FaultPoint
 from keras_vaegan.training.precision import apply_precision
 
 
@@ -66,8 +68,9 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
                                "or --output for a new run")
     previous_policy = keras.mixed_precision.dtype_policy()
     try:
-        return _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume,
-                    validation_data, verbose, callbacks, say, on_bad)
+        with worker_failures_as_errors(config.strategy):
+            return _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume,
+                        validation_data, verbose, callbacks, say, on_bad)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -91,17 +94,20 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     say(f"data: {data.origin}")
     say(f"backend: {keras.backend.backend()}, precision policy: {policy}, "
                   f"distribution: {distribution.name} ({distribution.replicas} replica(s))")
-    try:
-        os.makedirs(os.path.join(run, SNAPSHOTS), exist_ok=True)
-    except OSError as err:
-        raise VAEGANError(run, f"cannot create the run folder ({err.strerror})") from None
-    config.save(os.path.join(run, CONFIG_FILE))
+    if distribution.is_chief:  # the other workers of a multi-worker run write nothing
+        try:
+            os.makedirs(os.path.join(run, SNAPSHOTS), exist_ok=True)
+        except OSError as err:
+            raise VAEGANError(run, f"cannot create the run folder ({err.strerror})") from None
+        config.save(os.path.join(run, CONFIG_FILE))
 
-    dataset = make_training_dataset(data.mri, data.ct, config)
+    dataset = distribution.distribute_dataset(
+        functools.partial(make_training_dataset, data.mri, data.ct, config))
     val_mri, val_ct = make_validation_batch(data.mri, data.ct, config, config.snapshot_count)
     validation = None
     if held_out is not None:
-        validation = make_training_dataset(held_out.mri, held_out.ct, config, seed=config.seed + 7)
+        validation = distribution.distribute_dataset(functools.partial(
+            make_training_dataset, held_out.mri, held_out.ct, config, seed=config.seed + 7))
 
     with distribution.scope:
         model = VAECycleGAN(config)
@@ -115,7 +121,8 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     # Only the chief writes (multi-worker training); the others train in step.
     interrupt = GracefulInterrupt()
     writers = epoch_writers(run, val_mri, val_ct, interrupt=interrupt, resume=resume,
-                            initial_epoch=initial_epoch) if distribution.is_chief else []
+                            initial_epoch=initial_epoch) if distribution.is_chief \
+        else [FaultPoint("worker-epoch-end")]
     callbacks = [interrupt, keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
     if initial_epoch < config.epochs:
         history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
