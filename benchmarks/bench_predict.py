@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per figure")
     parser.add_argument("--model", help="run folder (default: an untrained default model)")
+    parser.add_argument("--volumes", help="folder keeping the phantom volumes between runs "
+                                          "(default: made afresh in a temporary folder)")
     args = parser.parse_args()
     from keras_vaegan.training.precision import apply_precision
 
@@ -212,10 +214,13 @@ def main() -> None:
     started = time.time()
     half = max(1, args.slices // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        volume, small = os.path.join(tmp, "mri.nii.gz"), os.path.join(tmp, "half", "mri.nii.gz")
-        make_volume(volume, args.image_size, args.slices)
-        os.makedirs(os.path.dirname(small))
-        make_volume(small, args.image_size, half)
+        volumes = args.volumes or tmp
+        volume = os.path.join(volumes, f"mri-{args.image_size}-{args.slices}.nii.gz")
+        small = os.path.join(volumes, "half", f"mri-{args.image_size}-{half}.nii.gz")
+        for path, count in ((volume, args.slices), (small, half)):
+            if not os.path.exists(path):  # the phantom is deterministic: made once per folder
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                make_volume(path, args.image_size, count)
         run = args.model or make_run(os.path.join(tmp, "run"))
         from keras_vaegan.inference.export import export_run
 
