@@ -367,7 +367,7 @@ def test_compiled_pass_is_traced_once_and_reused_across_volumes(tmp_path, run_di
 def test_one_filter_convs_traced_as_depthwise_give_the_same_values(padding):
     import keras
 
-    from keras_vaegan.inference.compiled import _one_filter_convs_as_depthwise
+    from keras_vaegan.backends.tensorflow_steps import _one_filter_convs_as_depthwise
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the rewrite is TensorFlow's only")

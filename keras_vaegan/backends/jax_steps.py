@@ -12,6 +12,8 @@ sees the global batch, so means are already over the global batch.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import keras
 
@@ -134,3 +136,27 @@ def test_step(model, state, data):
     non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
     logs, metrics_variables = _update_metrics(model, metrics_variables, terms)
     return logs, (trainable, non_trainable, metrics_variables)
+
+
+# --- prediction: a compiled forward pass ----------------------------------------------
+
+
+def compiled_forward(compiled, net) -> Callable:
+    """Prediction's compiled pass of ``net`` for ``compiled.shape`` (see ``inference.compiled``)."""
+    def pure(trainable, non_trainable, images):
+        compiled.traces += 1
+        (image, _, _), non_trainable = net.stateless_call(
+            trainable, non_trainable, images, training=False, sample=compiled.sample)
+        return image, non_trainable
+
+    jitted = jax.jit(pure)
+
+    def run(images):
+        image, non_trainable = jitted([v.value for v in net.trainable_variables],
+                                      [v.value for v in net.non_trainable_variables], images)
+        if compiled.sample:  # the latent's seed state moved on: keep it, as an eager call does
+            for variable, value in zip(net.non_trainable_variables, non_trainable):
+                variable.assign(value)
+        return image
+
+    return run

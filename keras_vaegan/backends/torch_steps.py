@@ -8,6 +8,9 @@ this backend.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import keras
 import torch
 
 from keras_vaegan.backends.distribution import Distribution
@@ -57,3 +60,18 @@ def test_step(model, data):
     with torch.no_grad():
         terms = model.evaluation_terms(mri, ct)
     return model.update_trackers(terms)
+
+
+# --- prediction: an eager forward pass without gradients ------------------------------
+
+
+def compiled_forward(compiled, net) -> Callable:
+    """Prediction's compiled pass of ``net`` for ``compiled.shape`` (see ``inference.compiled``)."""
+    compiled.traces += 1  # eager: nothing to trace, one "compile" per shape for the counter
+
+    def run(images):
+        with torch.no_grad():
+            return net(keras.ops.convert_to_tensor(images), training=False,
+                       sample=compiled.sample)[0]
+
+    return run
