@@ -41,18 +41,27 @@ def step_times(model, dataset, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def pipeline_and_in_memory_steps(model, pipeline, steps: int, warmup: int) -> tuple[float, float]:
-    """Median step time on the tf.data pipeline, then on one of its batches held in memory.
+def pipeline_and_in_memory_steps(model, pipeline, steps: int, warmup: int,
+                                 rounds: int = 2) -> tuple[float, float]:
+    """Median step time on the tf.data pipeline, and on one of its batches held in memory.
 
     The difference is the input wait: what the step waited for the pipeline
-    (bench_data.py measures a cached real-sized set the same way).
+    (bench_data.py measures a cached real-sized set the same way). The two
+    are timed in alternating blocks (``rounds`` of each, the first step of
+    every block left out), so a shared machine's load drifting during the
+    run weighs on both alike.
     """
     import tensorflow as tf
 
-    with_pipeline = statistics.median(step_times(model, pipeline, steps, warmup))
     mri, ct = next(iter(pipeline))
     in_memory = tf.data.Dataset.from_tensors((mri, ct)).repeat()
-    return with_pipeline, statistics.median(step_times(model, in_memory, steps, 1))
+    step_times(model, pipeline, 0, warmup)  # traces the step
+    block = max(1, steps // rounds)
+    with_pipeline, without_input = [], []
+    for _ in range(rounds):
+        with_pipeline += step_times(model, pipeline, block, 1)
+        without_input += step_times(model, in_memory, block, 1)
+    return statistics.median(with_pipeline), statistics.median(without_input)
 
 
 def input_wait_fraction(step_s: float, in_memory_s: float) -> float:
