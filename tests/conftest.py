@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# fit's slice cache (data_cache=auto) goes to a folder of this test session, not the user's
+# ~/.cache; subprocesses the tests start inherit it
+os.environ.setdefault("KERAS_VAEGAN_CACHE", tempfile.mkdtemp(prefix="keras-vaegan-test-cache-"))
 
 import numpy as np
 import pytest
