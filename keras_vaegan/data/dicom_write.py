@@ -142,8 +142,8 @@ def derived_image(item: DicomSlice, pixels: np.ndarray, series: _SeriesFacts, in
 
 
 def _comments(series: _SeriesFacts, original) -> str:
-    source = "MR" if series.modality == "ct" else "CT"
-    return (f"{series.text}. Translated by a VAE-CycleGAN from the {source} series "
+    input_tag = "MR" if series.modality == "ct" else "CT"
+    return (f"{series.text}. Translated by a VAE-CycleGAN from the {input_tag} series "
             f"{original.get('SeriesInstanceUID', 'unknown')}.")
 
 

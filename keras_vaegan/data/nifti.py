@@ -199,14 +199,14 @@ def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, mod
     """Write canonical ``voxels`` as float32 NIfTI with ``volume``'s header and grid."""
     path = os.fspath(path)
     nib = nibabel_module(path)
-    source = volume.nifti_image
+    original = volume.nifti_image
     data = volume.to_file_order(np.asarray(voxels, dtype=np.float32)).astype(np.float32)
-    header = source.header.copy()
+    header = original.header.copy()
     if header.endianness != "<":
         header = header.as_byteswapped("<")  # the same header, written little-endian
     header.set_data_dtype(np.float32)
     # affine=None: nibabel keeps the header's qform and sform (and codes) exactly
-    image = type(source)(data, None, header=header)
+    image = type(original)(data, None, header=header)
     image.header.set_slope_inter(None, None)  # float32 HU as stored: no scaling
     image.header["cal_min"] = 0.0
     image.header["cal_max"] = 0.0

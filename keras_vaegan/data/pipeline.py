@@ -2,7 +2,7 @@
 fixed validation batch for the snapshot callback.
 
 Slices arrive already in model units [-1, 1], each at its native size (slices
-of one set may differ in size): as 2-D numpy arrays, or as a ``SliceSource``
+of one set may differ in size): as 2-D numpy arrays, or as a ``SliceSet``
 such as the on-disk slice cache (``slice_cache.SliceStore``); both are read
 through the same path, a crop window per slice, a batch per call. Training draws random
 ``image_size`` x ``image_size`` crops at native resolution: resampling is not
@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from keras_vaegan.config import Config
 from keras_vaegan.data.augment import Augmenter, build_augmenter
-from keras_vaegan.data.slice_cache import InMemorySlices, SliceSource
+from keras_vaegan.data.slice_cache import InMemorySlices, SliceSet
 from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
 
@@ -36,12 +36,12 @@ AUTOTUNE = tf.data.AUTOTUNE
 _RANGE_TOLERANCE = 1e-3  # float round-off from the unit conversion is clipped, more is a bug
 
 
-def make_training_dataset(mri_slices: Sequence[np.ndarray] | SliceSource,
-                          ct_slices: Sequence[np.ndarray] | SliceSource,
+def make_training_dataset(mri_slices: Sequence[np.ndarray] | SliceSet,
+                          ct_slices: Sequence[np.ndarray] | SliceSet,
                           config: Config, seed: int | None = None) -> tf.data.Dataset:
     """Endless dataset of ``(mri_batch, ct_batch)``, each float32 ``[batch, size, size, 1]``.
 
-    Slices are numpy arrays or a ``SliceSource`` (the on-disk slice cache);
+    Slices are numpy arrays or a ``SliceSet`` (the on-disk slice cache);
     either way only the window a crop needs is read, per batch, so memory
     does not grow with the dataset. The two streams are shuffled with
     different seeds and never aligned, so paired input (like the phantom) is
@@ -55,13 +55,13 @@ def make_training_dataset(mri_slices: Sequence[np.ndarray] | SliceSource,
     the crop stays random. ``augment=False`` turns both off.
     """
     seed = config.seed if seed is None else int(seed)
-    mri = _stream(_source(mri_slices, "MRI"), config, "mri", seed, stream_id=0)
-    ct = _stream(_source(ct_slices, "CT"), config, "ct", seed, stream_id=1)
+    mri = _stream(_as_slice_set(mri_slices, "MRI"), config, "mri", seed, stream_id=0)
+    ct = _stream(_as_slice_set(ct_slices, "CT"), config, "ct", seed, stream_id=1)
     return tf.data.Dataset.zip((mri, ct)).prefetch(AUTOTUNE)
 
 
-def make_validation_batch(mri_slices: Sequence[np.ndarray] | SliceSource,
-                          ct_slices: Sequence[np.ndarray] | SliceSource,
+def make_validation_batch(mri_slices: Sequence[np.ndarray] | SliceSet,
+                          ct_slices: Sequence[np.ndarray] | SliceSet,
                           config: Config, count: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` centre crops of each modality, the same every call, for snapshot grids.
 
@@ -70,12 +70,12 @@ def make_validation_batch(mri_slices: Sequence[np.ndarray] | SliceSource,
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    return (_centre_batch(_source(mri_slices, "MRI"), config.image_size, count),
-            _centre_batch(_source(ct_slices, "CT"), config.image_size, count))
+    return (_centre_batch(_as_slice_set(mri_slices, "MRI"), config.image_size, count),
+            _centre_batch(_as_slice_set(ct_slices, "CT"), config.image_size, count))
 
 
 # --- one modality's stream ---------------------------------------------------
-def _stream(source: SliceSource, config: Config, modality: str, seed: int,
+def _stream(slice_set: SliceSet, config: Config, modality: str, seed: int,
             stream_id: int) -> tf.data.Dataset:
     """Shuffled slice indices -> crop windows read per batch -> (augmented) batches.
 
@@ -90,20 +90,20 @@ def _stream(source: SliceSource, config: Config, modality: str, seed: int,
     augmenter = build_augmenter(config, modality, seed=augment_seed)
     augmenting = config.augment and not augmenter.is_identity
     copies = config.augment_copies if augmenting else 0
-    count = len(source) * (copies + 1)
+    count = len(slice_set) * (copies + 1)
     ds = tf.data.Dataset.counter().map(_shuffled(count, shuffle_seed))
     if copies:
-        ds = ds.map(_copy_cropper(source, size, copies, augmenter, copy_seed,
+        ds = ds.map(_copy_cropper(slice_set, size, copies, augmenter, copy_seed,
                                               crop_seed), num_parallel_calls=AUTOTUNE)
         return ds.batch(config.batch_size, drop_remainder=True)
     # Augment a window with real context around the crop, then cut the crop out
     # of its centre: rotating a bare crop would put air wedges inside the body.
     margin = augmenter.context_margin(size) if augmenting else 0
     window = size + 2 * margin
-    ds = ds.map(_placer(source, size, margin, crop_seed),
+    ds = ds.map(_placer(slice_set, size, margin, crop_seed),
                             num_parallel_calls=AUTOTUNE)
     ds = ds.batch(config.batch_size, drop_remainder=True)
-    ds = ds.map(_reader(source, window, config.batch_size), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_reader(slice_set, window, config.batch_size), num_parallel_calls=AUTOTUNE)
     if augmenting:
         ds = ds.enumerate().map(_batch_augmenter(augmenter, size, margin, augment_seed),
                                 num_parallel_calls=AUTOTUNE)
@@ -124,7 +124,7 @@ def _shuffled(count: int, shuffle_seed: int):
     return pick
 
 
-def _placer(source: SliceSource, size: int, margin: int, crop_seed: int):
+def _placer(slice_set: SliceSet, size: int, margin: int, crop_seed: int):
     """Map fn: (position in stream, slice index) -> (index, top, left) of its crop window.
 
     The slice is thought of as padded with air to at least ``size`` (centred)
@@ -133,7 +133,7 @@ def _placer(source: SliceSource, size: int, margin: int, crop_seed: int):
     augmentation) and returned in the slice's own coordinates (negative or
     past the edge where the window covers padding).
     """
-    shapes = tf.constant(np.asarray(source.shapes, np.int32).reshape(-1, 2))
+    shapes = tf.constant(np.asarray(slice_set.shapes, np.int32).reshape(-1, 2))
     window = size + 2 * margin
 
     def place(position: tf.Tensor, index: tf.Tensor):
@@ -149,11 +149,11 @@ def _placer(source: SliceSource, size: int, margin: int, crop_seed: int):
     return place
 
 
-def _reader(source: SliceSource, window: int, batch: int):
+def _reader(slice_set: SliceSet, window: int, batch: int):
     """Map fn: a batch of (index, top, left) -> float32 [batch, window, window, 1] windows."""
 
     def read(indices, tops, lefts):
-        out = tf.numpy_function(lambda i, t, c: source.windows(i, t, c, window),
+        out = tf.numpy_function(lambda i, t, c: slice_set.windows(i, t, c, window),
                                 [indices, tops, lefts], tf.float32, stateful=False)
         out.set_shape([batch, window, window, 1])
         return out
@@ -172,7 +172,7 @@ def _batch_augmenter(augmenter: Augmenter, size: int, margin: int, augment_seed:
     return augment
 
 
-def _copy_cropper(source: SliceSource, size: int, copies: int, augmenter: Augmenter,
+def _copy_cropper(slice_set: SliceSet, size: int, copies: int, augmenter: Augmenter,
                   copy_seed: int, crop_seed: int):
     """Map fn: (position, element) -> a random crop of slice ``element // (copies + 1)``.
 
@@ -181,11 +181,11 @@ def _copy_cropper(source: SliceSource, size: int, copies: int, augmenter: Augmen
     so it is the same image every epoch.
     """
     crop = _cropper(size, crop_seed)
-    shapes = tf.constant(np.asarray(source.shapes, np.int32).reshape(-1, 2))
+    shapes = tf.constant(np.asarray(slice_set.shapes, np.int32).reshape(-1, 2))
 
     def make(position: tf.Tensor, element: tf.Tensor) -> tf.Tensor:
         index = element // (copies + 1)
-        image = tf.numpy_function(lambda i: source[int(i)], [index], tf.float32,
+        image = tf.numpy_function(lambda i: slice_set[int(i)], [index], tf.float32,
                                   stateful=False)
         image = tf.reshape(image, tf.gather(shapes, index))[..., tf.newaxis]
         seed = tf.stack([tf.constant(copy_seed, tf.int64), element])
@@ -222,7 +222,7 @@ def _pad_centred(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 # --- validation --------------------------------------------------------------
-def _centre_batch(slices: SliceSource, size: int, count: int) -> np.ndarray:
+def _centre_batch(slices: SliceSet, size: int, count: int) -> np.ndarray:
     picks = np.linspace(0, len(slices) - 1, count).round().astype(int)
     return np.stack([_centre_crop(slices[i], size) for i in picks])[..., np.newaxis]
 
@@ -236,9 +236,9 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 # --- input checks ------------------------------------------------------------
-def _source(slices: Sequence[np.ndarray] | SliceSource, name: str) -> SliceSource:
+def _as_slice_set(slices: Sequence[np.ndarray] | SliceSet, name: str) -> SliceSet:
     """A slice cache as it is (checked when written); numpy slices checked and wrapped."""
-    if isinstance(slices, SliceSource):
+    if isinstance(slices, SliceSet):
         if len(slices) == 0:
             raise VAEGANError(None, f"no {name} slices to train on")
         return slices

@@ -51,7 +51,7 @@ KEY_SETTINGS = {"ct": ("ct_window_hu", "body_slices_only", "body_threshold_hu",
                         "body_min_fraction")}
 
 
-class SliceSource:
+class SliceSet:
     """Slices of one modality in model units, any size each; read by whole slice or by window."""
 
     shapes: np.ndarray  # int64 [n, 2]: rows, cols of each slice
@@ -90,7 +90,7 @@ class SliceSource:
                          for i, t, left in zip(indices, tops, lefts)])[..., np.newaxis]
 
 
-class InMemorySlices(SliceSource):
+class InMemorySlices(SliceSet):
     """Slices held as numpy arrays (the phantom, or a caller's own list)."""
 
     def __init__(self, slices: list[np.ndarray]):
@@ -101,7 +101,7 @@ class InMemorySlices(SliceSource):
         return self.slices[index][start:stop]
 
 
-class SliceStore(SliceSource):
+class SliceStore(SliceSet):
     """A finished cache folder, read with ``pread``: only the bytes asked for come in."""
 
     def __init__(self, folder: str):

@@ -15,7 +15,7 @@ import numpy as np
 from keras_vaegan.config import Config
 from keras_vaegan.data import phantom, readers, slice_cache, volumes
 from keras_vaegan.data.readers import read_slice
-from keras_vaegan.data.slice_cache import SliceSource
+from keras_vaegan.data.slice_cache import SliceSet
 from keras_vaegan.data.units import IntensityMap, map_for, modality_units, mri_map
 from keras_vaegan.data.volume import FoundVolume
 from keras_vaegan.errors import VAEGANError
@@ -28,8 +28,8 @@ CT_FOLDER_NAMES = ("ct", "trainb")
 class TrainingData:
     """Unpaired slices in model units, and the config with their units recorded."""
 
-    mri: list[np.ndarray] | SliceSource  # SliceStore when read through the slice cache
-    ct: list[np.ndarray] | SliceSource
+    mri: list[np.ndarray] | SliceSet  # SliceStore when read through the slice cache
+    ct: list[np.ndarray] | SliceSet
     config: Config
     origin: str  # "phantom" or a description of the folders
 

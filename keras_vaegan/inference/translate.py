@@ -242,14 +242,14 @@ class TranslatedVolume:
 
     mean: np.ndarray  # the translation in output units (HU for CT)
     std: np.ndarray | None  # per-voxel std over latent draws in output units (samples > 1)
-    source: np.ndarray  # the input voxels in file units
+    input_voxels: np.ndarray  # the input voxels in file units
     map_in: units.IntensityMap  # file units -> model units for the input
     map_out: units.IntensityMap  # model units -> output units
 
     @property
     def unit_input(self) -> np.ndarray:
         """The input in model units."""
-        return self.map_in.to_unit(self.source)
+        return self.map_in.to_unit(self.input_voxels)
 
     @property
     def unit_mean(self) -> np.ndarray:
@@ -259,7 +259,7 @@ class TranslatedVolume:
     def unit_slice(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Slice ``index`` in model units: (input, translation, std or None)."""
         std = None if self.std is None else self.std[index] / std_scale(self.map_out)
-        return (self.map_in.to_unit(self.source[index]), self.map_out.to_unit(self.mean[index]),
+        return (self.map_in.to_unit(self.input_voxels[index]), self.map_out.to_unit(self.mean[index]),
                 std)
 
 
@@ -297,4 +297,4 @@ def translate_volume(run: LoadedRun, volume: Volume, direction: str = "mri2ct",
             std[start:stop] = batch_std[:, top:top + rows, left:left + cols] * std_scale(map_out)
         if on_done is not None:
             on_done(stop - start)
-    return TranslatedVolume(mean=mean, std=std, source=voxels, map_in=map_in, map_out=map_out)
+    return TranslatedVolume(mean=mean, std=std, input_voxels=voxels, map_in=map_in, map_out=map_out)
