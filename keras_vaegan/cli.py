@@ -48,9 +48,17 @@ def _native_stderr_silenced():
 
 
 def _import_backends() -> None:
+    """Import Keras and TensorFlow, and let TensorFlow look for GPUs, with native stderr shut.
+
+    The GPU look-up is where TensorFlow's C++ logging prints its own lines
+    (``failed call to cuInit`` on a machine without a GPU driver): done here,
+    they never come before a command's own output or its one error line.
+    """
     with _native_stderr_silenced():
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401  (the data pipeline always uses it)
+        import tensorflow  # (the data pipeline always uses it)
+
+        tensorflow.config.list_physical_devices()
 
 
 def _fail(message: str) -> None:

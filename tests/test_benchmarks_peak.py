@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import builtins
 import glob
 import json
@@ -30,11 +31,16 @@ STORED = 301.7  # what a peak-*.json from another CPU says
 
 @pytest.fixture
 def measured(monkeypatch, tmp_path):
-    """conv_gflops patched to return MEASURED; a stored peak file that must not be read;
-    every file opened is noted."""
+    """The peak conv patched to 'run' at MEASURED GFLOP/s; a stored peak file that must not be
+    read; every file opened is noted."""
     calls, opened = [], []
-    monkeypatch.setattr(bench_peak, "conv_gflops",
-                        lambda *args: calls.append(args) or MEASURED)
+
+    def probe(dtype, side, batch, channels):
+        calls.append((dtype, side, batch, channels))
+        return (lambda: None), MEASURED * 1e9  # one second per call: MEASURED GFLOP/s
+
+    monkeypatch.setattr(bench_peak, "conv_probe", probe)
+    monkeypatch.setattr(common, "median_seconds", lambda call, repeats: 1.0)
     monkeypatch.setattr(common, "RESULTS", str(tmp_path))
     for backend in ("tensorflow", "jax", "torch"):
         (tmp_path / f"peak-{backend}.json").write_text(json.dumps(
@@ -60,7 +66,7 @@ def test_train_fraction_is_of_the_peak_measured_in_its_precision(measured, polic
     config = Config(**{**TINY, "image_size": 256, "batch_size": 4})
     report = bench_train.throughput(config, policy, step_s=0.5, in_memory_s=0.4)
     achieved = training_flops_per_image(config) * (4 / 0.5) / 1e9
-    assert calls == [(dtype, 64, 4, bench_peak.PEAK_CHANNELS, 5)]  # 1/4 resolution, same batch
+    assert calls == [(dtype, 64, 4, bench_peak.PEAK_CHANNELS)]  # 1/4 resolution, same batch
     assert report["peak_gflops"] == MEASURED and report["peak_dtype"] == dtype
     assert report["fraction_of_peak"] == round(achieved / MEASURED, 3)
     assert report["achieved_gflops"] == round(achieved, 1)
@@ -69,18 +75,29 @@ def test_train_fraction_is_of_the_peak_measured_in_its_precision(measured, polic
     assert _no_peak_file_read(opened), opened
 
 
-def test_predict_fraction_is_of_the_peak_measured_in_the_same_run(measured, tmp_path):
+def test_predict_fraction_is_of_the_peak_measured_in_the_same_run(measured, monkeypatch,
+                                                                   tmp_path):
+    """bench_predict times the peak conv interleaved with the forward passes it compares."""
     calls, opened = measured
     run = tmp_path / "run"
     run.mkdir()
     config = Config(**TINY)
     config.save(run / CONFIG_FILE)
-    report = bench_predict.end_to_end(str(run), "mixed_bfloat16", image_size=64, slices=10,
-                                      batch_size=2, seconds=2.0)
-    achieved = inference_flops_per_image(config, 64) * 10 / 2.0 / 1e9
-    assert calls == [("bfloat16", bench_peak.MIN_PEAK_SIDE, 2, bench_peak.PEAK_CHANNELS, 5)]
-    assert report["in_process_peak_gflops"] == MEASURED
-    assert report["in_process_fraction_of_peak"] == round(achieved / MEASURED, 3)
+    monkeypatch.setattr(bench_predict, "forward_calls",
+                        lambda *args: {"forward": None, "savedmodel_forward": None})
+    monkeypatch.setattr(bench_predict, "interleaved",  # seconds per call, as measured
+                        lambda runs, repeats: {"peak": 1.0, "forward": 0.5,
+                                               "savedmodel_forward": 1.0})
+    args = argparse.Namespace(image_size=64, batch_size=2, repeats=1, slices=10)
+    report = bench_predict.speed(str(run), "exported", "mixed_bfloat16", args,
+                                 in_process={"call_seconds": 2.0, "seconds": 4.0},
+                                 served={"call_seconds": 4.0, "seconds": 8.0})
+    flops = inference_flops_per_image(config, 64)
+    assert calls == [("bfloat16", bench_peak.MIN_PEAK_SIDE, 2, bench_peak.PEAK_CHANNELS)]
+    assert report["peak_gflops"] == MEASURED and report["peak_dtype"] == "bfloat16"
+    assert report["flops_per_slice"] == flops
+    assert report["forward_fraction_of_peak"] == round(flops * 2 / 0.5 / 1e9 / MEASURED, 3)
+    assert report["in_process_fraction_of_peak"] == round(flops * 10 / 4.0 / 1e9 / MEASURED, 3)
     assert _no_peak_file_read(opened), opened
 
 
@@ -94,12 +111,14 @@ def test_no_benchmark_reads_a_stored_peak():
             continue  # draws RESULTS.md's tables from the stored records; computes no fraction
         mentions = [line.strip() for line in text.splitlines()
                     if re.search(r"peak-", line) and not line.lstrip().startswith(("#", "KERAS"))
-                    and "never read" not in line and "peak-<backend>.json this writes" not in line]
+                    and "never read" not in line and "peak-<backend>.json this writes" not in line
+                    and "results/peak-*.json is" not in line]  # prose saying it is never read
         if name == "bench_peak.py":
             assert mentions == ["common.write_result(f\"peak-{result['backend']}\", result)"]
         else:
             assert mentions == [], (name, mentions)
-        assert "fraction_of_peak" not in text or "conv_peak" in text, name
+        assert ("fraction_of_peak" not in text or "conv_peak" in text
+                or "peak_probe" in text), name
 
 
 def test_every_figure_records_the_cpu_flags_and_model(tmp_path):
