@@ -21,6 +21,7 @@ MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 PHANTOM_KINDS = ("classic", "head")  # data.phantom, data.phantom_head
 GENERATOR_PADDING = ("zeros", "reflect")
+MAX_CONTEXT_SLICES = 15  # 2.5-D stacks wider than this are thicker than the anatomy they help
 
 # a run folder: what fit writes and predict, evaluate and export read
 MODEL_FILE = "model.keras"
@@ -42,6 +43,9 @@ class Config:
     phantom: str = "classic"  # classic (the defaults were tuned on it) | head: the harder head
     # (data/phantom_head.py: air cells in bone, sulci, calcifications, thick slices)
     shuffle_buffer: int = 512
+    context_slices: int = 1  # K (odd): 2.5-D input, each slice with its K // 2 neighbours on
+    # either side (in the volume's axial order) as K channels; the generators map the K-slice
+    # stack to a K-slice stack and predict keeps the centre one. 1: plain 2-D slices
     data_cache: str = "auto"  # folder data decoded once to an on-disk slice cache (float16 model
     # units, data/slice_cache.py): auto ($KERAS_VAEGAN_CACHE, else ~/.cache/keras-vaegan), a
     # folder, or none (every slice in memory, decoded again each run)
@@ -173,6 +177,10 @@ class Config:
         need(self.phantom in PHANTOM_KINDS, "phantom", f"one of {', '.join(PHANTOM_KINDS)}")
         need(self.padding in GENERATOR_PADDING, "padding",
              f"one of {', '.join(GENERATOR_PADDING)}")
+        need(self.context_slices >= 1 and self.context_slices % 2 == 1, "context_slices",
+             "must be an odd number >= 1 (the slice itself and as many neighbours each side)")
+        need(self.context_slices <= MAX_CONTEXT_SLICES, "context_slices",
+             f"at most {MAX_CONTEXT_SLICES}")
         need(self.structure_scales >= 1, "structure_scales", "must be >= 1")
         need(4 * 2 ** (self.structure_scales - 1) <= self.image_size, "structure_scales",
              "its coarsest scale must keep at least 4 pixels of image_size")
