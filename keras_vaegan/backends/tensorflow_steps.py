@@ -167,7 +167,7 @@ def compiled_forward(compiled, net) -> Callable:
         with _one_filter_convs_as_depthwise(net):
             return compiled.forward(net, images)
 
-    spec = tf.TensorSpec(compiled.shape + (1,), tf.float32)
+    spec = tf.TensorSpec(compiled.input_shape, tf.float32)
     return tf.function(traced, input_signature=[spec], jit_compile=False, reduce_retracing=True)
 
 

@@ -26,19 +26,28 @@ _CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, CompiledTranslation]]" = 
     weakref.WeakKeyDictionary()
 
 
+def context_of(model) -> int:
+    """K, the slices a model sees per stack (``config.context_slices``); 1 for a 2-D model."""
+    return int(getattr(getattr(model, "settings", None), "context_slices", 1))
+
+
 def generator_of(model, direction: str):
     """The generator a direction runs (``g_ct`` for mri2ct), or None for a duck-typed model."""
     return getattr(model, "g_ct" if direction == "mri2ct" else "g_mri", None)
 
 
 class CompiledTranslation:
-    """``fn(images [batch, rows, cols, 1] float32) -> translated [batch, rows, cols] float32``.
+    """``fn(stacks [batch, rows, cols, K] float32) -> centre slice [batch, rows, cols] float32``.
 
+    K is the run's ``context_slices`` (1: plain slices); the generator maps a
+    stack to a stack, and prediction keeps its centre channel ``K // 2``.
     ``traces`` counts how often the Python function was traced (compiled).
     """
 
-    def __init__(self, net, shape: tuple[int, int, int], sample: bool):
+    def __init__(self, net, shape: tuple[int, int, int], sample: bool, channels: int = 1):
         self.shape, self.sample, self.traces = shape, sample, 0
+        self.channels = int(channels)
+        self.input_shape = shape + (self.channels,)
         self._run = backends.get().compiled_forward(self, net)
 
     def forward(self, net, images):
@@ -47,10 +56,10 @@ class CompiledTranslation:
         return net(images, training=False, sample=self.sample)[0]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        if images.shape != self.shape + (1,):
-            raise ValueError(f"compiled for {self.shape + (1,)}, got {images.shape}")
+        if images.shape != self.input_shape:
+            raise ValueError(f"compiled for {self.input_shape}, got {images.shape}")
         out = self._run(np.ascontiguousarray(images, dtype=np.float32))
-        return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[..., 0]
+        return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[..., self.channels // 2]
 
 
 def compiled_translation(model, direction: str, shape: tuple[int, int, int],
@@ -68,5 +77,5 @@ def compiled_translation(model, direction: str, shape: tuple[int, int, int],
     if key not in functions:
         if len(functions) >= MAX_CACHED:  # a folder of many slice sizes: drop the oldest
             del functions[next(iter(functions))]
-        functions[key] = CompiledTranslation(net, key[1], key[2])
+        functions[key] = CompiledTranslation(net, key[1], key[2], channels=context_of(model))
     return functions[key]

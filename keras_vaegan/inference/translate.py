@@ -20,7 +20,7 @@ import numpy as np
 from keras_vaegan.data import readers, units
 from keras_vaegan.data.volume import Volume, check_slice_size
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.inference.compiled import compiled_translation
+from keras_vaegan.inference.compiled import compiled_translation, context_of
 from keras_vaegan.inference.runs import LoadedRun
 
 DIRECTIONS = ("mri2ct", "ct2mri")
@@ -90,24 +90,31 @@ class _Passes:
     def __init__(self, model, direction: str, samples: int, shape: tuple[int, int],
                  count: int, batch_size: int):
         self.model, self.direction, self.samples, self.shape = model, direction, samples, shape
+        self.channels = context_of(model)
         self.per_pass = max(1, min(batch_size, MAX_PASS_PIXELS // (shape[0] * shape[1]), count))
         self.compiled = compiled_translation(model, direction, (self.per_pass, *shape),
                                              sample=samples > 1)
 
-    def run(self, slices: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, slices: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Slices (at most ``per_pass``, each at most ``shape``) -> padded (mean, std or None).
 
-        ``slices`` is a list of 2-D arrays, or a 3-D array (a volume's slab:
-        placed with one copy).
+        ``slices`` is a list of 2-D arrays or a 3-D array, each slice on its
+        own (a 2.5-D model sees it repeated K times), or a 4-D array of
+        stacks [n, rows, cols, K] (a volume's slab with its neighbours,
+        ``volume_stacks``): placed with one copy.
         """
         rows = self.per_pass if self.compiled is not None else len(slices)
-        batch = np.full((rows, *self.shape, 1), units.AIR_UNIT, np.float32)
-        pieces = [(slice(None, len(slices)), slices)] if isinstance(slices, np.ndarray) \
-            else list(enumerate(slices))
+        batch = np.full((rows, *self.shape, self.channels), units.AIR_UNIT, np.float32)
+        if isinstance(slices, np.ndarray) and slices.ndim == 4:
+            pieces = [(slice(None, len(slices)), slices)]
+        elif isinstance(slices, np.ndarray):
+            pieces = [(slice(None, len(slices)), slices[..., np.newaxis])]
+        else:
+            pieces = [(row, image[..., np.newaxis]) for row, image in enumerate(slices)]
         for row, image in pieces:
-            height, width = image.shape[-2:]
+            height, width = image.shape[-3:-1]
             top, left = (self.shape[0] - height) // 2, (self.shape[1] - width) // 2
-            batch[row, top:top + height, left:left + width, 0] = image
+            batch[row, top:top + height, left:left + width, :] = image
         if self.samples == 1:
             return self._forward(batch)[:len(slices)], None
         draws = np.stack([self._forward(batch)[:len(slices)] for _ in range(self.samples)])
@@ -118,7 +125,25 @@ class _Passes:
             return self.compiled(batch)
         out = self.model.translate(keras.ops.convert_to_tensor(batch, dtype="float32"),
                                    self.direction, sample=self.samples > 1)
-        return keras.ops.convert_to_numpy(out)[..., 0].astype(np.float32)
+        return keras.ops.convert_to_numpy(out)[..., self.channels // 2].astype(np.float32)
+
+
+def volume_stacks(voxels: np.ndarray, start: int, stop: int, channels: int,
+                  to_unit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Slices ``start:stop`` of a [slices, rows, cols] volume as 2.5-D stacks [n, rows, cols, K].
+
+    Stack ``z`` holds slices ``z - K//2 .. z + K//2`` as channels; past the
+    volume's first or last slice the edge slice is repeated (as training
+    stacks are built, ``data.slice_cache``). ``to_unit`` maps the slab to
+    model units once (the neighbours are read once, not K times).
+    """
+    half = channels // 2
+    if half == 0:
+        return to_unit(voxels[start:stop])[..., np.newaxis]
+    wanted = np.clip(np.arange(start - half, stop + half), 0, len(voxels) - 1)
+    slab = to_unit(voxels[wanted[0]:wanted[-1] + 1])[wanted - wanted[0]]
+    stacks = np.lib.stride_tricks.sliding_window_view(slab, channels, axis=0)
+    return stacks  # [n, rows, cols, K] view: placed into the batch with one copy
 
 
 def _checked_counts(samples, batch_size) -> tuple[int, int]:
@@ -268,10 +293,11 @@ def translate_volume(run: LoadedRun, volume: Volume, direction: str = "mri2ct",
                      on_done: Callable[[int], None] | None = None) -> TranslatedVolume:
     """Translate every axial slice of a volume and map it back to output units.
 
-    The volume streams through in batches: each is mapped to model units,
-    translated by the compiled pass (``_Passes``) and written into the output
-    arrays in output units, so the working memory is one batch whatever the
-    slice count.
+    The volume streams through in batches: each is mapped to model units
+    (with its ``K // 2`` neighbours each side for a 2.5-D run, the edge slice
+    repeated past the ends), translated by the compiled pass (``_Passes``)
+    and written into the output arrays in output units, so the working
+    memory is one batch whatever the slice count.
     """
     in_modality, out_modality = direction_modalities(direction)
     if volume.modality != in_modality:
@@ -291,7 +317,8 @@ def translate_volume(run: LoadedRun, volume: Volume, direction: str = "mri2ct",
     top, left = ((pad - side) // 2 for pad, side in zip(shape, (rows, cols)))
     for start in range(0, count, passes.per_pass):
         stop = min(start + passes.per_pass, count)
-        batch_mean, batch_std = passes.run(map_in.to_unit(voxels[start:stop]))
+        batch_mean, batch_std = passes.run(
+            volume_stacks(voxels, start, stop, passes.channels, map_in.to_unit))
         mean[start:stop] = map_out.from_unit(batch_mean[:, top:top + rows, left:left + cols])
         if std is not None:
             std[start:stop] = batch_std[:, top:top + rows, left:left + cols] * std_scale(map_out)

@@ -1,0 +1,96 @@
+"""2.5-D prediction: every output slice is translated from the stack of its neighbours.
+
+A stand-in model (no weights) shows what the translation pass hands the
+generator: its output is a fixed function of the stack, so the test can say
+which input slices reached which output slice, at the edges too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_vaegan.config import Config
+from keras_vaegan.data.volume import Reorientation, Volume
+from keras_vaegan.inference.runs import LoadedRun
+from keras_vaegan.inference.translate import translate_slices, translate_volume, volume_stacks
+
+
+class StackReader:
+    """A 'model' whose translation of a stack is a weighted sum of its channels, in each channel.
+
+    Channel c gets weight 10 ** c, so the centre output spells out which
+    slices were in the stack and in what order.
+    """
+
+    total_stride = 1
+
+    def __init__(self, channels: int):
+        self.settings = Config(context_slices=channels)
+        self.seen: list[tuple[int, ...]] = []
+
+    def translate(self, inputs, direction, sample=False):
+        stacks = np.asarray(inputs)
+        self.seen.append(stacks.shape)
+        weights = 10.0 ** np.arange(stacks.shape[-1])
+        code = (stacks * weights).sum(axis=-1, keepdims=True)
+        return np.repeat(code, stacks.shape[-1], axis=-1)
+
+
+def _run(model, config: Config) -> LoadedRun:
+    return LoadedRun(model=model, config=config, run_dir="")
+
+
+def _volume(count: int, rows: int = 4, cols: int = 5) -> Volume:
+    # slice z holds the value z + 1 everywhere (file units = model units below)
+    voxels = np.repeat(np.arange(1, count + 1, dtype=np.float32), rows * cols).reshape(
+        count, rows, cols)
+    return Volume(voxels=voxels, kind="nifti", path="v.nii.gz", files=["v.nii.gz"],
+                  reorient=Reorientation(), file_shape=voxels.shape, spacing_mm=(1.0, 1.0, 1.0),
+                  modality="mri")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 7])
+def test_volume_stacks_hold_neighbours_and_repeat_the_edges(batch_size, monkeypatch):
+    from keras_vaegan.inference import translate
+
+    class Identity:  # file units = model units = output units: the codes stay readable
+        low, high = -1.0, 1.0
+
+        @staticmethod
+        def to_unit(array):
+            return np.asarray(array, np.float32)
+
+        from_unit = to_unit
+
+    identity = Identity()
+    monkeypatch.setattr(translate, "volume_input_map", lambda *a, **k: identity)
+    monkeypatch.setattr(translate, "volume_output_map", lambda *a, **k: identity)
+    model = StackReader(3)
+    result = translate_volume(_run(model, model.settings), _volume(5), batch_size=batch_size)
+    codes = result.mean[:, 0, 0]
+    # slice z: 1 * (z-1) + 10 * z + 100 * (z+1), in values z + 1; edges repeat slice 1 / 5
+    expected = [1 + 10 * 1 + 100 * 2, 1 + 20 + 300, 2 + 30 + 400, 3 + 40 + 500, 4 + 50 + 500]
+    np.testing.assert_allclose(codes, expected, rtol=1e-6)
+    assert all(shape[-1] == 3 for shape in model.seen)
+
+
+def test_volume_stacks_of_width_one_are_the_slices_themselves():
+    voxels = np.random.default_rng(0).normal(size=(6, 3, 4)).astype(np.float32)
+    stacks = volume_stacks(voxels, 2, 5, 1, lambda a: a * 2)
+    assert stacks.shape == (3, 3, 4, 1)
+    np.testing.assert_array_equal(stacks[..., 0], voxels[2:5] * 2)
+
+
+def test_volume_stacks_wider_than_the_volume_repeat_both_ends():
+    voxels = np.arange(2, dtype=np.float32)[:, None, None] * np.ones((2, 1, 1), np.float32)
+    stacks = volume_stacks(voxels, 0, 2, 5, lambda a: a)
+    np.testing.assert_array_equal(stacks[:, 0, 0, :], [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
+
+
+def test_a_lone_slice_is_its_own_stack():
+    model = StackReader(3)
+    image = np.full((4, 4), 0.5, np.float32)
+    mean, std = translate_slices(model, [image], batch_size=1)[0]
+    assert std is None
+    np.testing.assert_allclose(mean, 0.5 * 111)  # the same slice in all three channels
