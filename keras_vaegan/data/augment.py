@@ -18,6 +18,12 @@ whose order of use under a parallel map is not fixed, so the layers are used
 for what they define (parameter ranges, fill, the flip, the intensity
 arithmetic via ``augment_images``) while the random draws are made here.
 
+Channels are one image: a 2.5-D stack ``[..., K]`` (``config.context_slices``
+neighbouring slices) gets one flip, one geometric transform and one
+contrast/brightness change for all K channels, so the slices stay aligned
+and keep their intensity relations (contrast is taken about the mean of the
+whole stack, not per channel).
+
 The code is pure TensorFlow (keras-cv's image layers are TF internally), so it
 runs inside ``tf.data`` under every ``KERAS_BACKEND``.
 """
@@ -40,7 +46,8 @@ SUPERSAMPLE = 3  # "lanczos": transform a 3x Lanczos-upsampled image, keep every
 class Augmenter:
     """Random flip / rotation / zoom / shift (+ MRI intensity jitter) of [-1, 1] images.
 
-    Call it on a float32 image ``[H, W, 1]`` or a batch ``[B, H, W, 1]``; it
+    Call it on a float32 image ``[H, W, C]`` or a batch ``[B, H, W, C]`` (C = 1,
+    or K slices of a 2.5-D stack, all transformed alike); it
     returns a ``tf.Tensor`` of the same shape, clipped to [-1, 1]. Pass
     ``seed`` (an int32/int64 tensor of shape ``[2]``) for a reproducible draw
     (the pipeline does, one per element); without it a seed is drawn from the
@@ -132,13 +139,24 @@ class Augmenter:
         if self.intensity_jitter > 0:
             j = self.intensity_jitter
             factors = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[4], 1.0 - j, 1.0 + j)
-            images = self._contrast.augment_images(images, factors)
+            images = self._stack_contrast(images, factors)
             # RandomBrightness's factor is a fraction of the value range (here 2).
             deltas = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[5], -j, j) * 2.0
             images = self._brightness.augment_images(images, deltas)
 
         images = tf.clip_by_value(images, -1.0, 1.0)
         return images[0] if single else images
+
+    def _stack_contrast(self, images: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+        """keras-cv's contrast, about the mean of each image's whole stack (all channels).
+
+        keras-cv takes each channel's own mean, which would shift the K slices
+        of a stack differently; one channel keeps the keras-cv layer exactly.
+        """
+        if images.shape[-1] == 1:
+            return self._contrast.augment_images(images, factors)
+        means = tf.reduce_mean(images, axis=(1, 2, 3), keepdims=True)
+        return tf.clip_by_value((images - means) * factors + means, -1.0, 1.0)
 
     def _geometry(self, images, seeds, height, width, shift_reference) -> tf.Tensor:
         """Rotation, zoom and shift composed into ONE projective resampling.

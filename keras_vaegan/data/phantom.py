@@ -131,6 +131,17 @@ def make_slices(count: int, size: int = 64, seed: int = 0, slices_per_subject: i
     return mri, ct, mask
 
 
+def slice_groups(count: int, slices_per_subject: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(subject, z index) of each slice ``make_slices`` returns, int64 [count] each.
+
+    ``make_slices`` concatenates whole subjects in order, each in z order,
+    so slice i is slice ``i % slices_per_subject`` of subject
+    ``i // slices_per_subject``: the groups and positions of 2.5-D stacks.
+    """
+    index = np.arange(int(count), dtype=np.int64)
+    return index // int(slices_per_subject), index % int(slices_per_subject)
+
+
 def write_phantom(out_dir: str | os.PathLike, subjects: int, slices: int, size: int,
                   fmt: str = "png", seed: int = 0, make: SubjectMaker | None = None,
                   spacing: Callable[[int, int], tuple] | None = None) -> list[str]:

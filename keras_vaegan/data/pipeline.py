@@ -11,6 +11,13 @@ padded with -1 (air). The MRI and CT streams are shuffled independently and
 zipped, so a batch pairs unrelated MRI and CT crops, as the CycleGAN objective
 expects.
 
+2.5-D input: with ``config.context_slices = K > 1`` every element is the
+stack of its slice, K channels: slices z - K//2 .. z + K//2 of the same volume
+(``SliceSet.stacks``: a missing neighbour repeats the nearest one, a 2-D
+slice is itself K times), cut at one crop position and augmented with one
+geometric transform and one intensity jitter for all K channels. Batches are
+``[batch, size, size, K]``; K = 1 is the plain 2-D pipeline, unchanged.
+
 The pipeline is pure ``tf.data`` / TensorFlow ops (one of the two places a
 backend import is allowed), so ``keras.Model.fit`` takes it under every
 ``KERAS_BACKEND``; its element spec is fully static for a fixed-batch train step.
@@ -39,7 +46,10 @@ _RANGE_TOLERANCE = 1e-3  # float round-off from the unit conversion is clipped, 
 def make_training_dataset(mri_slices: Sequence[np.ndarray] | SliceSet,
                           ct_slices: Sequence[np.ndarray] | SliceSet,
                           config: Config, seed: int | None = None) -> tf.data.Dataset:
-    """Endless dataset of ``(mri_batch, ct_batch)``, each float32 ``[batch, size, size, 1]``.
+    """Endless dataset of ``(mri_batch, ct_batch)``, each float32 ``[batch, size, size, K]``.
+
+    K is ``config.context_slices``: each crop with its slice's K // 2
+    neighbours on either side as channels (see the module docstring).
 
     Slices are numpy arrays or a ``SliceSet`` (the on-disk slice cache);
     either way only the window a crop needs is read, per batch, so memory
@@ -67,11 +77,13 @@ def make_validation_batch(mri_slices: Sequence[np.ndarray] | SliceSet,
 
     Slices are picked evenly across each list (so a multi-subject set shows
     several subjects); padded with -1 where smaller than ``image_size``.
+    Each is float32 ``[count, size, size, K]``, the picked slice's stack.
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    return (_centre_batch(_as_slice_set(mri_slices, "MRI"), config.image_size, count),
-            _centre_batch(_as_slice_set(ct_slices, "CT"), config.image_size, count))
+    k = config.context_slices
+    return (_centre_batch(_as_slice_set(mri_slices, "MRI"), config.image_size, count, k),
+            _centre_batch(_as_slice_set(ct_slices, "CT"), config.image_size, count, k))
 
 
 # --- one modality's stream ---------------------------------------------------
@@ -82,9 +94,9 @@ def _stream(slice_set: SliceSet, config: Config, modality: str, seed: int,
     Indices, not pixels, are shuffled (a full permutation per epoch, no
     buffer; ``config.shuffle_buffer`` is no longer needed); the crop position is drawn before reading, so only
     the window is read; augmentation runs on the window, vectorised over the
-    batch.
+    batch. An element is a slice's K-slice stack (K = ``config.context_slices``).
     """
-    size = config.image_size
+    size, k = config.image_size, config.context_slices
     shuffle_seed, crop_seed, copy_seed, augment_seed = (
         int(s) for s in np.random.SeedSequence([seed, stream_id]).generate_state(4, np.uint32) >> 1)
     augmenter = build_augmenter(config, modality, seed=augment_seed)
@@ -93,8 +105,8 @@ def _stream(slice_set: SliceSet, config: Config, modality: str, seed: int,
     count = len(slice_set) * (copies + 1)
     ds = tf.data.Dataset.counter().map(_shuffled(count, shuffle_seed))
     if copies:
-        ds = ds.map(_copy_cropper(slice_set, size, copies, augmenter, copy_seed,
-                                              crop_seed), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(_copy_cropper(slice_set, size, k, copies, augmenter, copy_seed,
+                                  crop_seed), num_parallel_calls=AUTOTUNE)
         return ds.batch(config.batch_size, drop_remainder=True)
     # Augment a window with real context around the crop, then cut the crop out
     # of its centre: rotating a bare crop would put air wedges inside the body.
@@ -103,7 +115,7 @@ def _stream(slice_set: SliceSet, config: Config, modality: str, seed: int,
     ds = ds.map(_placer(slice_set, size, margin, crop_seed),
                             num_parallel_calls=AUTOTUNE)
     ds = ds.batch(config.batch_size, drop_remainder=True)
-    ds = ds.map(_reader(slice_set, window, config.batch_size), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_reader(slice_set, window, config.batch_size, k), num_parallel_calls=AUTOTUNE)
     if augmenting:
         ds = ds.enumerate().map(_batch_augmenter(augmenter, size, margin, augment_seed),
                                 num_parallel_calls=AUTOTUNE)
@@ -149,13 +161,16 @@ def _placer(slice_set: SliceSet, size: int, margin: int, crop_seed: int):
     return place
 
 
-def _reader(slice_set: SliceSet, window: int, batch: int):
-    """Map fn: a batch of (index, top, left) -> float32 [batch, window, window, 1] windows."""
+def _reader(slice_set: SliceSet, window: int, batch: int, k: int):
+    """Map fn: a batch of (index, top, left) -> float32 [batch, window, window, k] windows.
+
+    Channel j of an element is slice ``stacks(index, k)[j]``, all at the same (top, left).
+    """
 
     def read(indices, tops, lefts):
-        out = tf.numpy_function(lambda i, t, c: slice_set.windows(i, t, c, window),
+        out = tf.numpy_function(lambda i, t, c: slice_set.windows(i, t, c, window, k),
                                 [indices, tops, lefts], tf.float32, stateful=False)
-        out.set_shape([batch, window, window, 1])
+        out.set_shape([batch, window, window, k])
         return out
 
     return read
@@ -172,22 +187,25 @@ def _batch_augmenter(augmenter: Augmenter, size: int, margin: int, augment_seed:
     return augment
 
 
-def _copy_cropper(slice_set: SliceSet, size: int, copies: int, augmenter: Augmenter,
+def _copy_cropper(slice_set: SliceSet, size: int, k: int, copies: int, augmenter: Augmenter,
                   copy_seed: int, crop_seed: int):
-    """Map fn: (position, element) -> a random crop of slice ``element // (copies + 1)``.
+    """Map fn: (position, element) -> a random crop of slice ``element // (copies + 1)``'s stack.
 
-    Element ``k = element % (copies + 1)`` is the slice itself (0) or its
-    k-th fixed augmented copy: augmented whole, seeded by the element alone,
-    so it is the same image every epoch.
+    Element ``n = element % (copies + 1)`` is the slice itself (0) or its
+    n-th fixed augmented copy: augmented whole (all ``k`` channels alike),
+    seeded by the element alone, so it is the same image every epoch.
     """
-    crop = _cropper(size, crop_seed)
+    crop = _cropper(size, crop_seed, k)
     shapes = tf.constant(np.asarray(slice_set.shapes, np.int32).reshape(-1, 2))
+
+    def read(index) -> np.ndarray:
+        index = int(index)
+        return slice_set[index][..., np.newaxis] if k == 1 else slice_set.read_stack(index, k)
 
     def make(position: tf.Tensor, element: tf.Tensor) -> tf.Tensor:
         index = element // (copies + 1)
-        image = tf.numpy_function(lambda i: slice_set[int(i)], [index], tf.float32,
-                                  stateful=False)
-        image = tf.reshape(image, tf.gather(shapes, index))[..., tf.newaxis]
+        image = tf.numpy_function(read, [index], tf.float32, stateful=False)
+        image = tf.reshape(image, tf.concat([tf.gather(shapes, index), [k]], axis=0))
         seed = tf.stack([tf.constant(copy_seed, tf.int64), element])
         image = tf.cond(element % (copies + 1) > 0,
                         lambda: augmenter(image, seed=seed), lambda: image)
@@ -196,16 +214,16 @@ def _copy_cropper(slice_set: SliceSet, size: int, copies: int, augmenter: Augmen
     return make
 
 
-def _cropper(size: int, crop_seed: int):
-    """(position in stream, slice padded to >= ``size``) -> one random ``size`` crop."""
+def _cropper(size: int, crop_seed: int, channels: int = 1):
+    """(position in stream, slice padded to >= ``size``) -> one random ``size`` crop, all channels."""
 
     def crop(index: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
         spare = tf.shape(image)[:2] - size + 1  # number of possible offsets per axis
         draws = tf.random.stateless_uniform(
             [2], seed=tf.stack([tf.constant(crop_seed, tf.int64), index]))
         offset = tf.minimum(tf.cast(draws * tf.cast(spare, tf.float32), tf.int32), spare - 1)
-        out = tf.slice(image, tf.concat([offset, [0]], axis=0), [size, size, 1])
-        out.set_shape([size, size, 1])
+        out = tf.slice(image, tf.concat([offset, [0]], axis=0), [size, size, channels])
+        out.set_shape([size, size, channels])
         return out
 
     return crop
@@ -222,9 +240,13 @@ def _pad_centred(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 # --- validation --------------------------------------------------------------
-def _centre_batch(slices: SliceSet, size: int, count: int) -> np.ndarray:
+def _centre_batch(slices: SliceSet, size: int, count: int, k: int = 1) -> np.ndarray:
+    """[count, size, size, k]: the centre crop of each picked slice's stack."""
     picks = np.linspace(0, len(slices) - 1, count).round().astype(int)
-    return np.stack([_centre_crop(slices[i], size) for i in picks])[..., np.newaxis]
+    if k == 1:
+        return np.stack([_centre_crop(slices[i], size) for i in picks])[..., np.newaxis]
+    return np.stack([np.stack([_centre_crop(slices[int(j)], size) for j in stack], axis=-1)
+                     for stack in slices.stacks(picks, k)])
 
 
 def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -237,7 +259,13 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 # --- input checks ------------------------------------------------------------
 def _as_slice_set(slices: Sequence[np.ndarray] | SliceSet, name: str) -> SliceSet:
-    """A slice cache as it is (checked when written); numpy slices checked and wrapped."""
+    """A slice cache as it is (checked when written); numpy slices checked and wrapped.
+
+    In-memory slices keep their groups and positions; a plain list is 2-D
+    slices, each its own group (its stack is itself repeated).
+    """
+    if isinstance(slices, InMemorySlices):
+        return InMemorySlices(_checked(slices.slices, name), slices.groups, slices.positions)
     if isinstance(slices, SliceSet):
         if len(slices) == 0:
             raise VAEGANError(None, f"no {name} slices to train on")

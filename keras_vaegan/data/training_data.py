@@ -1,7 +1,11 @@
 """Where training slices come from: user folders (slices, NIfTI, DICOM) or the built-in phantom.
 
 Returns slices already in model units ([-1, 1]) and the units they were in,
-so the run records them and ``predict`` inverts them exactly.
+so the run records them and ``predict`` inverts them exactly. The slices are a
+``SliceSet`` that knows each slice's volume (group) and position along it, so
+the pipeline can build 2.5-D stacks (``config.context_slices``) of true
+neighbours: a volume is one group at the positions of its kept slices, a 2-D
+slice file its own group, a phantom subject one group.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 from keras_vaegan.config import Config
 from keras_vaegan.data import phantom, readers, slice_cache, volumes
 from keras_vaegan.data.readers import read_slice
-from keras_vaegan.data.slice_cache import SliceSet
+from keras_vaegan.data.slice_cache import InMemorySlices, SliceCollector, SliceSet
 from keras_vaegan.data.units import IntensityMap, map_for, modality_units, mri_map
 from keras_vaegan.data.volume import FoundVolume
 from keras_vaegan.errors import VAEGANError
@@ -28,8 +32,8 @@ CT_FOLDER_NAMES = ("ct", "trainb")
 class TrainingData:
     """Unpaired slices in model units, and the config with their units recorded."""
 
-    mri: list[np.ndarray] | SliceSet  # SliceStore when read through the slice cache
-    ct: list[np.ndarray] | SliceSet
+    mri: SliceSet  # SliceStore through the slice cache, else InMemorySlices
+    ct: SliceSet
     config: Config
     origin: str  # "phantom" or a description of the folders
 
@@ -95,7 +99,7 @@ def subject_role(path: str) -> str | None:
 
 def read_folder(paths: str | list[str], modality: str, config: Config,
                 on_bad: readers.BadFileHandler | None = None
-                ) -> tuple[list[np.ndarray], str, list]:
+                ) -> tuple[InMemorySlices, str, list]:
     """Read every slice and volume under ``paths`` -> (slices in [-1, 1], units name, maps).
 
     2-D slices are mapped one by one (MRI by its own percentiles); volumes
@@ -103,23 +107,22 @@ def read_folder(paths: str | list[str], modality: str, config: Config,
     volume, and with ``config.body_slices_only`` only slices that show body
     are kept. Volumes hold HU (CT) or MRI intensities, so they mix only with
     16-bit or float slices, not with 8-bit ones. A bad file raises, or with
-    ``on_bad`` is handed to it and left out.
+    ``on_bad`` is handed to it and left out. The slices keep their volume
+    and position (``SliceSet.groups`` / ``positions``).
     """
-    out: list[np.ndarray] = []
-
-    def add(images: np.ndarray) -> None:
-        out.extend(images if images.ndim == 3 else [images])
-
-    units, maps = stream_folder(paths, modality, config, add, on_bad)
-    return out, units, maps
+    collector = SliceCollector()
+    units, maps = stream_folder(paths, modality, config, collector.add, on_bad)
+    return collector.finish(), units, maps
 
 
 def stream_folder(paths: str | list[str], modality: str, config: Config,
                   add, on_bad: readers.BadFileHandler | None = None) -> tuple[str, list]:
     """``read_folder`` that hands each image's slices to ``add`` as they are read -> (units, maps).
 
-    ``add`` gets one [rows, cols] slice or a volume's kept [k, rows, cols]
-    stack, in model units; only one volume is in memory at a time.
+    ``add`` gets one [rows, cols] slice, or a volume's kept [k, rows, cols]
+    stack with ``positions=`` the kept slices' indices along the volume (a
+    gap where ``body_slices_only`` dropped one), in model units; each call
+    is one group. Only one volume is in memory at a time.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     where = os.fspath(paths[0]) if len(paths) == 1 else os.path.commonpath(
@@ -155,7 +158,7 @@ def stream_folder(paths: str | list[str], modality: str, config: Config,
             warnings.warn(f"{volume.path}: no slice shows body (body_slices_only); skipped",
                           stacklevel=2)
             continue
-        add(mapping.to_unit(volume.voxels[keep]))
+        add(mapping.to_unit(volume.voxels[keep]), positions=np.flatnonzero(keep))
         kept += int(keep.sum())
         maps.append(mapping)
         del volume
@@ -208,7 +211,7 @@ def load_training_data(config: Config, data_root: str | None = None, mri_dir: st
     raises, or with ``on_bad`` (``--skip-bad``) is handed to it and left out.
     With ``cache_dir``, folder data is decoded once into an on-disk slice
     cache there (reused while the files and settings are unchanged) and the
-    slices are ``SliceStore``s read from it; without, numpy arrays in memory.
+    slices are ``SliceStore``s read from it; without, ``InMemorySlices``.
     The phantom is always in memory (it is small and has no files).
     """
     if data_root and (mri_dir or ct_dir):
@@ -251,7 +254,10 @@ def _describe(paths: list[str]) -> str:
 
 
 def phantom_training_data(config: Config) -> TrainingData:
-    """Phantom slices; MRI and CT from different subjects, so the pairs are truly unpaired."""
+    """Phantom slices; MRI and CT from different subjects, so the pairs are truly unpaired.
+
+    Each subject is one group, its slices at their positions along z.
+    """
     from keras_vaegan.data.phantom_head import phantom_kind
 
     count = config.phantom_subjects * config.phantom_slices
@@ -265,8 +271,10 @@ def phantom_training_data(config: Config) -> TrainingData:
                             mri_reference_range=_reference_range(maps))
     ct_to_unit = map_for("hu", None, config)
     name = "phantom" if config.phantom == "classic" else f"{config.phantom} phantom"
-    return TrainingData([m.to_unit(s) for m, s in zip(maps, mri)],
-                        [ct_to_unit.to_unit(s) for s in ct], config,
+    groups, positions = phantom.slice_groups(count, config.phantom_slices)
+    return TrainingData(InMemorySlices([m.to_unit(s) for m, s in zip(maps, mri)], groups, positions),
+                        InMemorySlices([ct_to_unit.to_unit(s) for s in ct], groups, positions),
+                        config,
                         origin=f"{name} ({count} MRI and {count} CT slices, "
                                f"{config.phantom_size}x{config.phantom_size})")
 
