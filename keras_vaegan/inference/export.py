@@ -12,9 +12,18 @@ graph, so a client sends raw intensities and gets output units back:
 - ``mri2ct_uncertainty``: input ``images``; outputs ``mean`` and ``std`` (in
   output units) from ``samples`` latent draws, fixed at export time.
 
+A 2.5-D run (``context_slices`` K > 1) takes ``images`` float32
+``[batch, height, width, K]``: for each slice to translate, the K slices
+around it in the volume's slice order (channel ``K // 2`` the slice itself,
+missing neighbours at a volume's edge repeated from the nearest slice), and
+returns that centre slice translated, ``[batch, height, width, 1]`` (the
+generator returns a whole stack; serving keeps its centre channel, as
+``predict`` does). K = 1 is the plain ``[batch, height, width, 1]`` above.
+
 Inside the graph, exactly as ``predict`` does per slice: MRI is scaled by its
 own robust percentiles (numpy's default 'linear' interpolation on the finite
-values of each image in the batch), CT by the run's HU window; the image is
+values of each image in the batch, all K slices of a stack together), CT by
+the run's HU window; the image is
 padded evenly with air (-1) to a multiple of the generator's stride,
 translated with ``z = mu``, cropped back and mapped to output units. The
 arithmetic of the maps runs in float64, as ``data/units.py`` does. Each image
@@ -146,8 +155,10 @@ class ServingModule:
         self.output_maps = {"mri": output_map("mri", config)[1], "ct": output_map("ct", config)[1]}
         self.samples = int(samples)
         self.generators = {"mri2ct": model.g_ct, "ct2mri": model.g_mri}
+        self.channels = input_channels(model)
+        self.centre = self.channels // 2
 
-        spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_KEY)
+        spec = input_spec(self.channels)
         module = tf.Module(name="keras_vaegan_serving")
         module.generator_variables = list(model.g_ct.variables) + list(model.g_mri.variables)
 
@@ -179,7 +190,7 @@ class ServingModule:
         unit = self.to_unit(images, in_modality)
         padded, crop = self.pad(unit)
         out = self.generators[direction](padded, training=False, sample=False)[0]
-        return self.from_unit(crop(out), out_modality)
+        return self.from_unit(self.centre_slice(crop(out)), out_modality)
 
     def translate_samples(self, images, direction: str):
         """``samples`` latent draws -> (mean, std) in output units, as ``predict --samples``."""
@@ -190,13 +201,17 @@ class ServingModule:
         batch = tf.shape(padded)[0]
         tiled = tf.tile(padded, [self.samples, 1, 1, 1])  # draw k of image b at k * batch + b
         draws = self.generators[direction](tiled, training=False, sample=True)[0]
-        draws = tf.reshape(tf.cast(crop(draws), tf.float32),
-                           tf.concat([[self.samples, batch], tf.shape(images)[1:]], 0))
+        draws = tf.reshape(tf.cast(self.centre_slice(crop(draws)), tf.float32),
+                           tf.concat([[self.samples, batch], tf.shape(images)[1:3], [1]], 0))
         mean = tf.reduce_mean(draws, axis=0)
         std = tf.math.reduce_std(draws, axis=0)
         out_map = self.output_maps[out_modality]
         return (self.from_unit(mean, out_modality),
                 std * tf.constant((out_map.high - out_map.low) / 2.0, tf.float32))
+
+    def centre_slice(self, stacks):
+        """``[b, h, w, K]`` -> its centre channel ``[b, h, w, 1]`` (the slice being translated)."""
+        return stacks[..., self.centre:self.centre + 1]
 
     def to_unit(self, images, modality: str):
         """File units -> [-1, 1] per image (``IntensityMap.to_unit`` in float64)."""
@@ -236,6 +251,17 @@ class ServingModule:
             return image[:, top:top + height, left:left + width, :]
 
         return padded, crop
+
+
+def input_channels(model) -> int:
+    """K, the channels ``images`` has: the generators' stack depth (1 for a 2-D run)."""
+    return int(getattr(model.g_ct, "channels", 1))
+
+
+def input_spec(channels: int):
+    """The signatures' one input: float32 ``[batch, height, width, channels]`` named ``images``."""
+    tf = _tf()
+    return tf.TensorSpec([None, None, None, int(channels)], tf.float32, name=INPUT_KEY)
 
 
 @contextlib.contextmanager
@@ -345,8 +371,7 @@ def _write_onnx(serving: ServingModule, folder: str) -> None:
     """One ONNX model per direction, each with input ``images`` and output ``translated``."""
     import tf2onnx
 
-    tf = _tf()
-    spec = (tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_KEY),)
+    spec = (input_spec(serving.channels),)
     for name, fn in (("mri2ct", serving.module.mri2ct), ("ct2mri", serving.module.ct2mri)):
         try:
             with _quiet_tf2onnx():
@@ -389,6 +414,8 @@ def _write_info(folder: str, run, samples: int, fmt: str) -> None:
         "output_units": {"ct": output_map("ct", run.config)[1].to_dict(),
                          "mri": output_map("mri", run.config)[1].to_dict()},
         "total_stride": int(run.model.total_stride),
+        "input_channels": input_channels(run.model),
+        "output_channels": 1,
         "config": run.config.to_dict(),
     }
     path = os.path.join(folder, EXPORT_INFO)

@@ -12,6 +12,10 @@ design works from 32x32 crops up.
 of the image (edges reflected): thin bone and sharp edges are small in the
 image's own intensities but large there, so a blurred skull is easy to call
 fake.
+
+The input channels are whatever the first call or ``build`` sees: K for a
+2.5-D run's K-slice stacks (``config.context_slices``), each judged as one
+image, and with ``high_pass`` the Laplacian of each of them after them (2K).
 """
 
 from __future__ import annotations

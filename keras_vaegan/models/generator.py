@@ -11,6 +11,11 @@ texture).
 zeros (a transposed convolution keeps "same"): 0 is mid-range in model units
 (about +1000 HU for CT), so zero padding shows the stem a bright frame round
 every image. The padding has no weights, so both modes share one weight layout.
+
+``channels`` is K, the depth of a 2.5-D stack (``config.context_slices``): the
+generator maps K neighbouring slices to K (the cycle needs a whole stack back
+to compare with its input); 1, the default, is the plain 2-D weight layout, so
+runs saved before stacks existed load unchanged.
 """
 
 from __future__ import annotations
@@ -159,7 +164,8 @@ class Upsample(layers.Layer):
 class VAEGenerator(keras.Model):
     """Encoder -> (mu, log_var) -> reparameterised z -> decoder -> tanh image.
 
-    ``call(x, training, sample)`` returns ``(image, mu, log_var)``. ``sample``
+    ``call(x, training, sample)`` returns ``(image, mu, log_var)``; ``x`` and
+    ``image`` have ``channels`` channels (K slices of a stack). ``sample``
     (default: ``training``) decides between a random draw of ``z`` and the
     deterministic ``z = mu``.
     """
@@ -167,8 +173,11 @@ class VAEGenerator(keras.Model):
     def __init__(self, filters: int = 32, latent_downsample: int = 2, res_blocks: int = 4,
                  latent_channels: int = 64, skip_connections: bool = False,
                  upsampling: str = "bilinear", seed: int | None = None, padding: str = "zeros",
-                 **kwargs):
+                 channels: int = 1, **kwargs):
         super().__init__(**kwargs)
+        self.channels = int(channels)
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
         self.filters = filters
         self.latent_downsample = latent_downsample
         self.res_blocks = res_blocks
@@ -195,7 +204,7 @@ class VAEGenerator(keras.Model):
                    for i in range(levels)]
         self.merge = ([layers.Conv2D(widths[levels - 1 - i], 1, name=f"skip{i}") for i in range(levels)]
                       if skip_connections else [])
-        self.to_image = _conv2d(1, 7, padding, name="to_image", dtype="float32")
+        self.to_image = _conv2d(self.channels, 7, padding, name="to_image", dtype="float32")
         self.seed_generator = keras.random.SeedGenerator(seed, name="eps_seed")
 
     @property
@@ -205,6 +214,9 @@ class VAEGenerator(keras.Model):
 
     def build(self, input_shape):
         shape = tuple(input_shape)
+        if shape[-1] is not None and shape[-1] != self.channels:
+            raise ValueError(f"{self.name} maps {self.channels}-channel stacks to "
+                             f"{self.channels} channels; got input shape {shape}")
         self.stem.build(shape)
         shape = shape[:-1] + (self.filters,)
         skip_shapes = [shape]
@@ -269,14 +281,14 @@ class VAEGenerator(keras.Model):
         latent = tuple(input_shape[:-3]) + tuple(
             None if s is None else s // self.latent_downsample for s in input_shape[-3:-1]
         ) + (self.latent_channels,)
-        return tuple(input_shape[:-1]) + (1,), latent, latent
+        return tuple(input_shape[:-1]) + (self.channels,), latent, latent
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": self.filters,
                 "latent_downsample": self.latent_downsample, "res_blocks": self.res_blocks,
                 "latent_channels": self.latent_channels,
                 "skip_connections": self.skip_connections, "upsampling": self.upsampling,
-                "seed": self.seed, "padding": self.padding}
+                "seed": self.seed, "padding": self.padding, "channels": self.channels}
 
 
 def _double(shape, channels):

@@ -16,15 +16,18 @@ from keras import layers, ops
 
 @keras.saving.register_keras_serializable(package="keras_vaegan")
 class HistoryPool(layers.Layer):
-    """Pool of past generator outputs of shape ``[capacity, size, size, 1]``.
+    """Pool of past generator outputs of shape ``[capacity, size, size, channels]``.
+
+    ``channels`` is K, the depth of the stacks the generators return.
 
     ``capacity`` is rounded down to a multiple of the batch size (so a batch
     either fills free slots or swaps with distinct stored ones); 0 disables it.
     """
 
     def __init__(self, capacity: int = 50, image_size: int = 64, batch_size: int = 1,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, channels: int = 1, **kwargs):
         super().__init__(**kwargs)
+        self.channels = int(channels)
         self.requested_capacity = int(capacity)
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -38,7 +41,7 @@ class HistoryPool(layers.Layer):
     def build(self, input_shape=None):
         if self.capacity:
             self.images = self.add_weight(
-                shape=(self.capacity, self.image_size, self.image_size, 1),
+                shape=(self.capacity, self.image_size, self.image_size, self.channels),
                 initializer="zeros", trainable=False, name="images", dtype="float32")
             self.count = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                          name="count", dtype="int32")
@@ -77,4 +80,5 @@ class HistoryPool(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "capacity": self.requested_capacity,
-                "image_size": self.image_size, "batch_size": self.batch_size, "seed": self.seed}
+                "image_size": self.image_size, "batch_size": self.batch_size, "seed": self.seed,
+                "channels": self.channels}

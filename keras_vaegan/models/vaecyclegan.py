@@ -13,6 +13,12 @@ gradients, to the running backend's steps in ``keras_vaegan.backends``.
         + beta_kl (KL(q(z|x) || N(0, I)) + KL(q(z|y) || N(0, I)))
         + lambda_structure (2 - ncc(|grad x|, |grad fake_ct|) - ncc(|grad y|, |grad fake_mri|))
     L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
+
+Images are stacks ``[batch, H, W, K]`` with K = ``config.context_slices``
+(channel ``K // 2`` the slice itself, the others its neighbours): every
+generator maps K channels to K, the discriminators judge K-channel stacks and
+the history pools hold them. Each term above is a mean over all K channels.
+K = 1 is the plain 2-D model with its original weight layout.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class VAECycleGAN(keras.Model):
         gen = dict(filters=c.gen_filters, latent_downsample=c.latent_downsample,
                    res_blocks=c.gen_res_blocks, latent_channels=c.latent_channels,
                    skip_connections=c.skip_connections, upsampling=c.upsampling,
-                   padding=c.padding)
+                   padding=c.padding, channels=c.context_slices)
         disc = dict(filters=c.disc_filters, heads=c.disc_heads, image_size=c.image_size,
                     min_map_size=c.disc_min_map_size, high_pass=c.disc_high_pass)
         self.g_ct = VAEGenerator(**gen, seed=c.seed + 1, name="g_ct")
@@ -59,18 +65,19 @@ class VAECycleGAN(keras.Model):
         self.d_ct = MultiHeadPatchDiscriminator(**disc, name="d_ct")
         self.d_mri = MultiHeadPatchDiscriminator(**disc, name="d_mri")
         self.pool_ct = HistoryPool(c.pool_size, c.image_size, c.batch_size, seed=c.seed + 3,
-                                   name="pool_ct", dtype="float32")
+                                   channels=c.context_slices, name="pool_ct", dtype="float32")
         self.pool_mri = HistoryPool(c.pool_size, c.image_size, c.batch_size, seed=c.seed + 4,
-                                    name="pool_mri", dtype="float32")
+                                    channels=c.context_slices, name="pool_mri", dtype="float32")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
         self._steps = backends.get()
 
     # --- sub-models ------------------------------------------------------------
     def build(self, input_shape=None):
-        image = (None, None, None, 1)
+        k = self.context_slices
+        image = (None, None, None, k)
         for net in (self.g_ct, self.g_mri):
             net.build(image)
-        crop = (None, self.settings.image_size, self.settings.image_size, 1)
+        crop = (None, self.settings.image_size, self.settings.image_size, k)
         for net in (self.d_ct, self.d_mri):
             net.build(crop)
         self.pool_ct.build(crop)
@@ -81,11 +88,21 @@ class VAECycleGAN(keras.Model):
     def total_stride(self) -> int:
         return self.g_ct.total_stride
 
+    @property
+    def context_slices(self) -> int:
+        """K, the channels (slices of a stack) every sub-model takes and the generators return."""
+        return int(self.settings.context_slices)
+
+    @property
+    def centre_channel(self) -> int:
+        """The channel of a stack that is the slice itself (K // 2): what predict keeps."""
+        return self.context_slices // 2
+
     def call(self, inputs, training=False):
         return self.g_ct(inputs, training=training, sample=False)[0]
 
     def translate(self, images, direction: str = "mri2ct", sample: bool = False):
-        """Images in [-1, 1] -> translated images in [-1, 1] (z = mu unless sample)."""
+        """Stacks [b, h, w, K] in [-1, 1] -> translated stacks [b, h, w, K] (z = mu unless sample)."""
         net = self.g_ct if direction == "mri2ct" else self.g_mri
         return net(images, training=False, sample=sample)[0]
 

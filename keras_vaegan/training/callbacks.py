@@ -53,7 +53,9 @@ class SnapshotCallback(keras.callbacks.Callback):
     """A PNG grid per epoch on a fixed validation batch.
 
     Row per sample: MRI | synthetic CT | reconstructed MRI | CT | synthetic
-    MRI | reconstructed CT, deterministic latent (z = mu).
+    MRI | reconstructed CT, deterministic latent (z = mu). With 2.5-D stacks
+    ``[n, h, w, K]`` each panel is the centre channel ``K // 2``, the slice the
+    stack is about (and what predict keeps).
     """
 
     TITLES = ["MRI", "synthetic CT", "reconstructed MRI", "CT", "synthetic MRI", "reconstructed CT"]
@@ -64,9 +66,8 @@ class SnapshotCallback(keras.callbacks.Callback):
         self.ct = ct
         self.directory = directory
 
-    def render(self, path: str) -> None:
-        from keras_vaegan.io.figures import write_overview_png
-
+    def rows(self) -> list[list[np.ndarray]]:
+        """The grid's panels, ``[h, w]`` float32 in model units, one list per sample."""
         model = self.model
         to_np = keras.ops.convert_to_numpy
         fake_ct = model.translate(self.mri, "mri2ct")
@@ -74,9 +75,14 @@ class SnapshotCallback(keras.callbacks.Callback):
         fake_mri = model.translate(self.ct, "ct2mri")
         rec_ct = model.translate(fake_mri, "mri2ct")
         columns = [self.mri, fake_ct, rec_mri, self.ct, fake_mri, rec_ct]
-        columns = [to_np(c)[..., 0].astype("float32") for c in columns]
-        rows = [[col[i] for col in columns] for i in range(len(self.mri))]
-        write_overview_png(path, rows, self.TITLES)
+        columns = [to_np(c) for c in columns]
+        columns = [c[..., c.shape[-1] // 2].astype("float32") for c in columns]
+        return [[col[i] for col in columns] for i in range(len(self.mri))]
+
+    def render(self, path: str) -> None:
+        from keras_vaegan.io.figures import write_overview_png
+
+        write_overview_png(path, self.rows(), self.TITLES)
 
     def on_epoch_end(self, epoch, logs=None):
         self.render(snapshot_path(self.directory, epoch))
