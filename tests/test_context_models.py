@@ -5,6 +5,8 @@ The tests marked ``backend`` also run on JAX and PyTorch (test_other_backends.py
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 
 import keras
@@ -205,6 +207,9 @@ def test_a_k3_export_takes_stacks_and_returns_the_generators_centre_slice(export
     saved = tf.saved_model.load(path)
     model = keras.saving.load_model(os.path.join(run, "model.keras"), safe_mode=True)
     config = Config.load(os.path.join(run, "config.json"))
+    with open(os.path.join(path, "assets.extra", "keras_vaegan.json"), encoding="utf-8") as handle:
+        info = json.load(handle)
+    assert info["input_channels"] == K and info["output_channels"] == 1
     for signature in ("serving_default", "ct2mri", "mri2ct_uncertainty"):
         spec = saved.signatures[signature].structured_input_signature[1]["images"]
         assert spec.shape.as_list() == [None, None, None, K]
@@ -223,3 +228,26 @@ def test_a_k3_export_takes_stacks_and_returns_the_generators_centre_slice(export
     assert np.isfinite(mean).all() and (std >= 0).all() and std.max() > 0
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):  # a 2-D slice is no stack
         saved.signatures["serving_default"](images=tf.constant(images[..., :1]))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="export runs under tensorflow")
+@pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None
+                    or importlib.util.find_spec("onnxruntime") is None,
+                    reason="the [onnx] extra (tf2onnx, onnxruntime) is not installed")
+def test_a_k3_onnx_export_takes_stacks_like_the_saved_model(exported_k3, tmp_path):
+    import onnxruntime
+    import tensorflow as tf
+
+    from keras_vaegan.inference.export import export_run
+
+    run, saved_path = exported_k3
+    path = export_run(run, str(tmp_path / "onnx"), fmt="onnx")
+    session = onnxruntime.InferenceSession(os.path.join(path, "mri2ct.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[-1] == K
+    images = _phantom_stacks("mri")
+    onnx_out = session.run(None, {"images": images})[0]
+    saved = tf.saved_model.load(saved_path)
+    tf_out = saved.signatures["serving_default"](images=tf.constant(images))["translated"].numpy()
+    assert onnx_out.shape == tf_out.shape == (3, 38, 35, 1)
+    assert np.abs(onnx_out - tf_out).max() <= 1.0
