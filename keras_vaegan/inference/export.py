@@ -23,9 +23,9 @@ generator returns a whole stack; serving keeps its centre channel, as
 Inside the graph, exactly as ``predict`` does per slice: MRI is scaled by its
 own robust percentiles (numpy's default 'linear' interpolation on the finite
 values of each image in the batch, all K slices of a stack together), CT by
-the run's HU window; the image is
-padded evenly with air (-1) to a multiple of the generator's stride,
-translated with ``z = mu``, cropped back and mapped to output units. The
+the run's HU window; the image is padded evenly with air (-1) to a multiple
+of the generator's stride, translated with ``z = mu``, cropped back and
+mapped to output units. The
 arithmetic of the maps runs in float64, as ``data/units.py`` does. Each image
 of a batch is normalised on its own; the images of one request must share
 height and width (send different sizes as separate requests).
