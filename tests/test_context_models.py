@@ -190,7 +190,9 @@ def _expected(model, config, images: np.ndarray, direction: str) -> np.ndarray:
     top, left = pad_h // 2, pad_w // 2
     result = []
     for stack in images:
-        in_map = (units.mri_map(stack, config.mri_percentiles) if direction == "mri2ct"
+        # MRI: the centre slice's percentiles (a lone slice sent K times maps as predict's)
+        in_map = (units.mri_map(stack[..., K // 2], config.mri_percentiles)
+                  if direction == "mri2ct"
                   else units.ct_map(config.ct_window_hu))
         unit = np.pad(in_map.to_unit(stack), [(top, pad_h - top), (left, pad_w - left), (0, 0)],
                       constant_values=units.AIR_UNIT)

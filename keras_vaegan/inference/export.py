@@ -22,7 +22,7 @@ generator returns a whole stack; serving keeps its centre channel, as
 
 Inside the graph, exactly as ``predict`` does per slice: MRI is scaled by its
 own robust percentiles (numpy's default 'linear' interpolation on the finite
-values of each image in the batch, all K slices of a stack together), CT by
+values of each image in the batch; of a stack's centre slice for K > 1), CT by
 the run's HU window; the image is padded evenly with air (-1) to a multiple
 of the generator's stride, translated with ``z = mu``, cropped back and
 mapped to output units. The
@@ -222,7 +222,9 @@ class ServingModule:
             low = tf.constant(fixed.low, tf.float64)
             high = tf.constant(fixed.high, tf.float64)
         else:
-            low, high = robust_range(x, self.percentiles)
+            # the centre slice's percentiles: a lone slice sent as K copies maps as predict
+            # maps it alone (percentiles of repeated values differ slightly)
+            low, high = robust_range(self.centre_slice(x), self.percentiles)
             low, high = low[:, None, None, None], high[:, None, None, None]
         unit = 2.0 * (x - low) / (high - low) - 1.0
         return tf.cast(tf.clip_by_value(unit, -1.0, 1.0), tf.float32)
