@@ -363,19 +363,19 @@ def test_compiled_pass_is_traced_once_and_reused_across_volumes(tmp_path, run_di
         np.testing.assert_allclose(written, expected, rtol=0, atol=1e-5 * (high - low) / 2)
 
 
-@pytest.mark.parametrize("padding", ["same", "valid"])
-def test_one_filter_convs_traced_as_depthwise_give_the_same_values(padding):
+@pytest.mark.parametrize("padding,filters", [("same", 1), ("valid", 1), ("same", 3)])
+def test_few_filter_convs_traced_as_depthwise_give_the_same_values(padding, filters):
     import keras
 
-    from keras_vaegan.backends.tensorflow_steps import _one_filter_convs_as_depthwise
+    from keras_vaegan.backends.tensorflow_steps import _few_filter_convs_as_depthwise
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the rewrite is TensorFlow's only")
-    layer = keras.layers.Conv2D(1, 7, padding=padding, bias_initializer="ones")
+    layer = keras.layers.Conv2D(filters, 7, padding=padding, bias_initializer="random_normal")
     net = keras.Sequential([keras.Input((20, 24, 5)), layer])
     images = np.random.default_rng(0).normal(size=(2, 20, 24, 5)).astype(np.float32)
     plain = keras.ops.convert_to_numpy(net(images))
-    with _one_filter_convs_as_depthwise(net):
+    with _few_filter_convs_as_depthwise(net):
         assert "call" in vars(layer)  # rewritten while the context lasts
         rewritten = keras.ops.convert_to_numpy(net(images))
     assert "call" not in vars(layer)  # the layer is itself again afterwards
