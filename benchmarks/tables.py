@@ -117,6 +117,39 @@ def anatomy_floor(results: Results, seeds: list[tuple[str, str]]) -> str:
     return _markdown(["anatomy floor"] + [f"{label} (HU)" for _, label in seeds], rows)
 
 
+HEAD_HEADER = ["run", "seed", "steps", "precision", "MRI -> CT MAE (HU)", "PSNR (dB)", "SSIM",
+               "bone / soft tissue / air MAE (HU)", "through-plane MAE (HU)", "minutes"]
+PRECISION_NAMES = {"float32": "float32", "mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
+
+
+def quality_by_class(results: Results, rows: list[tuple[str, str, str]]) -> str:
+    """Quality with the per-class MAE and the through-plane error (the head phantom's table)."""
+    out = []
+    for name, variant, label in rows:
+        result, v = results.variant(name, variant)
+        m, by_class = v["mri2ct"], v["mri2ct_mae_hu_by_class"]
+        classes = " / ".join(f"{by_class[c]:.0f}" for c in ("bone", "soft_tissue", "air"))
+        out.append([label, str(result["seed"]), str(result["steps"]),
+                    PRECISION_NAMES.get(v["precision"], v["precision"]), f"{m['mae_hu']:.0f}",
+                    f"{m['psnr_db']:.1f}", f"{m['ssim']:.2f}", classes,
+                    f"{m['through_plane_mae_hu']:.0f}", f"{v['train_minutes']:.1f}"])
+    return _markdown(HEAD_HEADER, out)
+
+
+def floors_by_class(results: Results, name: str) -> str:
+    """A phantom's floors (constant, lookup table, anatomy) with the same columns."""
+    floors = results(f"quality-{name}")["floors"]
+    out = []
+    for key, label in (("constant", "one constant HU (the median of the test CTs in the body)"),
+                       ("lookup_table", "best per-intensity lookup table (fitted on the test pairs)"),
+                       ("anatomy", "anatomy floor (every tissue in place, densities unknown)")):
+        f = floors[key]
+        classes = " / ".join(f"{f['by_class_mae_hu'][c]:.0f}" for c in ("bone", "soft_tissue", "air"))
+        out.append([label, f"{f['mae_hu']:.0f}", classes, f"{f['through_plane_mae_hu']:.0f}"])
+    return _markdown(["floor", "MRI -> CT MAE (HU)", "bone / soft tissue / air MAE (HU)",
+                      "through-plane MAE (HU)"], out)
+
+
 # ---- speed: every figure with the command that reproduces it ----
 
 def _train_command(r: dict) -> str:
@@ -269,6 +302,10 @@ TABLES = {
         ("MAE / bias (HU): ema_momentum, identity off", "mae_bias",
          [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")]),
         ("share of all error", "share", [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")])]),
+    "quality-head": lambda r: quality_by_class(r, [
+        ("head64-600-k1-seed0", "full", "defaults (2-D)"),
+        ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)")]),
+    "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
     "speed-train": lambda r: training_speed(r, [
         "tensorflow-float32-128px-b4", "tensorflow-mixed_bfloat16-128px-b4",
