@@ -105,9 +105,10 @@ def _check_complete(path: str, image) -> None:
     the gzip trailer when it matches (no decompression), else the size found
     by decompressing the stream (a multi-member gzip, or a file cut short).
     """
-    header = image.header
-    expected = int(header.get_data_offset()) + \
-        int(np.prod(image.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    # the proxy's offset: a loaded image's header says 0 (nibabel resets it for writing), which
+    # made every .nii.gz miss the trailer check below and be decompressed whole
+    expected = int(image.dataobj.offset) + \
+        int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize
     if not _is_gzip(path):
         found = os.path.getsize(path)
     elif _gzip_trailer_size(path) == expected % 2 ** 32:
@@ -180,18 +181,46 @@ def read_nifti(path: str | os.PathLike, modality: str) -> Volume:
     image = _load(path)
     shape, reorient = _checked(path, image)
     try:
-        data = np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged"))
+        voxels = _read_canonical(path, image, shape, reorient)
     except Exception as err:  # truncated .nii.gz: EOFError, zlib.error, OSError, ValueError
         raise VAEGANError(path, f"truncated or corrupt NIfTI data ({_short(err, path)})") \
             from None
-    data = data.reshape(shape)
-    check_finite(path, data)
+    check_finite(path, voxels)
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     spacing = tuple(zooms[a] for a in reorient.axes)
-    return Volume(voxels=reorient.to_canonical(data).astype(np.float32, copy=False), kind="nifti",
+    return Volume(voxels=voxels, kind="nifti",
                   path=path, files=[path], reorient=reorient, file_shape=tuple(image.shape),
                   spacing_mm=spacing, modality=modality,  # type: ignore[arg-type]
                   nifti_image=image)
+
+
+_SLAB_VOXELS = 1 << 20  # voxels read at a time (4 MB as float32: 16 slices of 256x256)
+
+
+def _read_canonical(path: str, image, shape: tuple[int, int, int],
+                    reorient: Reorientation) -> np.ndarray:
+    """The scaled voxels as float32, canonical, read slab by slab straight into place.
+
+    The values of ``get_fdata(dtype=np.float32)`` (the same nibabel proxy,
+    scaling and cast), but only the float32 volume is ever whole in memory:
+    not the file's own array (twice for float64), nor a reordered copy, nor
+    the whole decompressed byte string that reading a ``.nii.gz`` at once makes.
+    """
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.openers import ImageOpener
+
+    voxels = np.empty(tuple(shape[axis] for axis in reorient.axes), np.float32)
+    in_file_order = reorient.file_order_view(voxels)  # a view: writes land in ``voxels``
+    step = max(1, _SLAB_VOXELS // (shape[0] * shape[1]))
+    with ImageOpener(path) as handle:  # one open file: slabs read in turn
+        stored = image.dataobj  # nib.load's proxy: its offset, type and scaling, our open file
+        proxy = ArrayProxy(handle, (stored.shape, stored.dtype, stored.offset, stored.slope,
+                                    stored.inter), mmap=False, order=stored.order)
+        for start in range(0, shape[2], step):
+            stop = min(start + step, shape[2])
+            slab = np.asarray(proxy[:, :, start:stop])
+            in_file_order[:, :, start:stop] = slab.reshape(shape[0], shape[1], stop - start)
+    return voxels
 
 
 def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, modality: str,
@@ -200,7 +229,8 @@ def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, mod
     path = os.fspath(path)
     nib = nibabel_module(path)
     original = volume.nifti_image
-    data = volume.to_file_order(np.asarray(voxels, dtype=np.float32)).astype(np.float32)
+    # a view in the file's axis order: nibabel writes it a slice at a time (no copy of the volume)
+    data = volume.file_order_view(np.asarray(voxels, dtype=np.float32))
     header = original.header.copy()
     if header.endianness != "<":
         header = header.as_byteswapped("<")  # the same header, written little-endian

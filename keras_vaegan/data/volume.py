@@ -60,11 +60,15 @@ class Reorientation:
         return np.ascontiguousarray(out)
 
     def to_file_order(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.file_order_view(array))
+
+    def file_order_view(self, array: np.ndarray) -> np.ndarray:
+        """``to_file_order`` as a view (no copy), for writers that go through it slab by slab."""
         out = array
         for axis, flip in enumerate(self.flips):
             if flip:
                 out = np.flip(out, axis)
-        return np.ascontiguousarray(np.transpose(out, np.argsort(self.axes)))
+        return np.transpose(out, np.argsort(self.axes))
 
     @classmethod
     def from_directions(cls, directions: np.ndarray) -> "Reorientation":
@@ -120,16 +124,26 @@ class Volume:
 
     def to_file_order(self, canonical: np.ndarray) -> np.ndarray:
         """An array shaped like ``voxels`` -> the file's array order and shape."""
+        return np.ascontiguousarray(self.file_order_view(canonical))
+
+    def file_order_view(self, canonical: np.ndarray) -> np.ndarray:
+        """``to_file_order`` as a view of ``canonical`` (no copy of the volume)."""
         canonical = np.asarray(canonical)
         if canonical.shape != self.voxels.shape:
             raise VAEGANError(self.path, f"volume of shape {canonical.shape} does not match "
                                          f"the input's {self.voxels.shape}")
-        return self.reorient.to_file_order(canonical).reshape(self.file_shape)
+        return self.reorient.file_order_view(canonical).reshape(self.file_shape)
 
 
 def check_finite(path: str, voxels: np.ndarray) -> None:
-    if not np.isfinite(voxels).all():
-        raise VAEGANError(path, "volume has non-finite values (NaN or inf)")
+    """Refuse NaN or inf voxels; checked a slab at a time (no mask as big as the volume)."""
+    step = max(1, _FINITE_CHUNK // max(1, voxels[:1].size))
+    for start in range(0, len(voxels), step):
+        if not np.isfinite(voxels[start:start + step]).all():
+            raise VAEGANError(path, "volume has non-finite values (NaN or inf)")
+
+
+_FINITE_CHUNK = 1 << 20  # voxels checked for NaN/inf at a time
 
 
 def check_volume_size(path: str, shape: tuple[int, ...]) -> None:

@@ -33,10 +33,12 @@ import os
 import numpy as np
 
 from keras_vaegan.data import readers, volumes, writers
+from keras_vaegan.data.volume import Volume
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.predict_plan import (
     FORMATS,
     PredictionPlan,
+    VolumeJob,
     check_options,
     find_prediction_inputs,
     plan_prediction,
@@ -146,6 +148,7 @@ def _translate_volume_jobs(run: LoadedRun, plan: PredictionPlan, staged: StagedO
     written: list[str] = []
     stride = int(run.model.total_stride)
     for job in plan.volumes:
+        volume: Volume | None = None  # the last volume is gone before the next one is read
         try:
             volume = volumes.read_volume(job.found, plan.in_modality)
             check_translatable(volume.path, volume.voxels.shape[1:], stride)  # never strips
@@ -155,16 +158,25 @@ def _translate_volume_jobs(run: LoadedRun, plan: PredictionPlan, staged: StagedO
             counter.drop(job.found.slice_count)
             on_bad(err)
             continue
-        result = translate_volume(run, volume, plan.direction, plan.samples, batch_size,
-                                  on_done=counter.advance)
-        study_uid = _new_uid() if volume.kind == "dicom" else None
-        written += volumes.write_volume(staged.path(job.output), volume, result.mean,
-                                        plan.out_modality, "mean", study_uid)
-        if result.std is not None:
-            written += volumes.write_volume(staged.path(job.std_output), volume, result.std,
-                                            plan.out_modality, "std", study_uid)
-        middle = volume.voxels.shape[0] // 2
-        overview.add(*result.unit_slice(middle), f"{os.path.basename(job.output)} [{middle}]")
+        written += _translate_volume(run, plan, staged, batch_size, counter, overview, job,
+                                     volume)
+    return written
+
+
+def _translate_volume(run: LoadedRun, plan: PredictionPlan, staged: StagedOutputs,
+                      batch_size: int, counter: "_Counter", overview: "_Overview",
+                      job: VolumeJob, volume: Volume) -> list[str]:
+    """Translate one read volume and write it (and its ``_std``) into staging; return the paths."""
+    result = translate_volume(run, volume, plan.direction, plan.samples, batch_size,
+                              on_done=counter.advance)
+    study_uid = _new_uid() if volume.kind == "dicom" else None
+    written = volumes.write_volume(staged.path(job.output), volume, result.mean,
+                                   plan.out_modality, "mean", study_uid)
+    if result.std is not None:
+        written += volumes.write_volume(staged.path(job.std_output), volume, result.std,
+                                        plan.out_modality, "std", study_uid)
+    middle = volume.voxels.shape[0] // 2
+    overview.add(*result.unit_slice(middle), f"{os.path.basename(job.output)} [{middle}]")
     return written
 
 
