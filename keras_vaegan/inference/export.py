@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 
+from keras_vaegan.backends.layer_calls import replaced_calls
 from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import durable_rename
@@ -279,22 +280,20 @@ def traceable_upsampling(*models):
     from keras import layers
 
     tf = _tf()
-    patched = []
-    for model in models:
-        for layer in model._flatten_layers(include_self=False, recursive=True):
-            if (isinstance(layer, layers.UpSampling2D) and layer.interpolation == "bilinear"
-                    and layer.data_format == "channels_last"):
-                def call(inputs, factors=tuple(int(f) for f in layer.size)):
-                    size = tf.shape(inputs)[1:3] * tf.constant(factors, tf.int32)
-                    return tf.image.resize(inputs, size, method="bilinear", antialias=False)
 
-                object.__setattr__(layer, "call", call)
-                patched.append(layer)
-    try:
+    def replacement(layer):
+        if not (isinstance(layer, layers.UpSampling2D) and layer.interpolation == "bilinear"
+                and layer.data_format == "channels_last"):
+            return None
+
+        def call(inputs, factors=tuple(int(f) for f in layer.size)):
+            size = tf.shape(inputs)[1:3] * tf.constant(factors, tf.int32)
+            return tf.image.resize(inputs, size, method="bilinear", antialias=False)
+
+        return call
+
+    with replaced_calls(models, replacement):
         yield
-    finally:
-        for layer in patched:
-            object.__delattr__(layer, "call")
 
 
 def robust_range(images, percentiles: tuple[float, float]):
