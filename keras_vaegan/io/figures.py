@@ -55,9 +55,20 @@ def write_overview_png(path: str | os.PathLike, rows: Sequence[Sequence[np.ndarr
                 ax.set_title(str(titles[c]), fontsize=9)
             if c == 0 and row_titles is not None and r < len(row_titles):
                 ax.set_ylabel(str(row_titles[r]), fontsize=9)
-    with warnings.catch_warnings():  # file names in scripts the font lacks: boxes, no warning
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.tight_layout(pad=0.3)
+    save_figure(fig, path, pad=0.3)
+
+
+def save_figure(fig, path: str | os.PathLike, pad: float = 0.3) -> None:
+    """Lay out a matplotlib ``Figure`` and write it as a PNG atomically (never half written).
+
+    Text the font cannot draw (file names in other scripts) becomes boxes,
+    and a layout that cannot fit gets no warning: a figure is a picture of a
+    result, not a reason to print to the user's console.
+    """
+    path = os.fspath(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(tight_layout|Glyph).*")
+        fig.tight_layout(pad=pad)
         with atomic_path(path, suffix=".png") as tmp:
             try:
                 fig.savefig(tmp, format="png")

@@ -7,13 +7,13 @@ import csv
 import io
 import math
 import os
-import warnings
 
 import keras
 import numpy as np
 
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.io.atomic import atomic_path, atomic_write_text
+from keras_vaegan.io.atomic import atomic_write_text
+from keras_vaegan.io.figures import save_figure
 
 HISTORY_FILE = "history.csv"
 HISTORY_PLOT = "history.png"
@@ -129,14 +129,7 @@ def write_history_plot(history_csv: str | os.PathLike, path: str | os.PathLike) 
     terms = [name for name in names if not name.startswith("val_")]
     fig = _history_figure(epochs, terms, {name: [_number(row.get(name)) for row in rows]
                                           for name in names})
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(tight_layout|Glyph).*")
-        fig.tight_layout(pad=0.4)
-        with atomic_path(path, suffix=".png") as tmp:
-            try:
-                fig.savefig(tmp, format="png")
-            except OSError as err:
-                raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None
+    save_figure(fig, path, pad=0.4)
 
 
 def _history_figure(epochs: list[int], terms: list[str], values: dict[str, list[float]]):
