@@ -328,7 +328,12 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
         sys.exit(130)
     if skipped is not None:
         skipped.report()
-    click.echo(f"run saved in {run}")
+    from keras_vaegan.backends.distribution import is_chief_worker
+
+    if config.strategy == "multiworker" and not is_chief_worker():
+        click.echo(f"worker done; the chief saves the run in {run}")  # this worker wrote nothing
+    else:
+        click.echo(f"run saved in {run}")
 
 
 @main.command()

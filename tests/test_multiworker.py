@@ -181,9 +181,13 @@ def test_two_workers_train_like_one_process_survive_a_kill_and_resume(tmp_path):
 
     # Both resume from the chief's checkpoint (one shared run folder, as on a cluster).
     procs = _workers([chief_run, chief_run], ["--resume"])
+    said = []
     for proc in procs:
-        _, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
+        said.append(out)
+    assert "run saved in" in said[0] and "run saved in" not in said[1]  # only the chief saved
+    assert "worker done" in said[1]
     assert json.loads((chief_run / "checkpoints" / "state.json").read_text())["epoch"] == 2
 
     # Same loss curve. The first epoch starts from the same weights: only the order of
