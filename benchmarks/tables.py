@@ -211,6 +211,25 @@ def predict_speed(results: Results, names: list[str]) -> str:
                       "slices/s", "peak RSS (GB)", "reproduce"], rows)
 
 
+def predict_forward(results: Results, names: list[str]) -> str:
+    """One batch through each forward pass, timed in turn with the conv peak (fractions of it)."""
+    rows = []
+    for name in names:
+        r = results(f"predict-{name}")
+        for way, key in (("compiled pass (`predict`)", "forward"),
+                         ("SavedModel signature", "savedmodel_forward")):
+            rows.append([way, f"{r[key + '_slices_per_s']:.2f}", f"{r[key + '_achieved_gflops']:.1f}",
+                         f"{100 * r[key + '_fraction_of_peak']:.0f} %"])
+        rows.append([f"conv peak ({r['peak_shape']})", "", f"{r['peak_gflops']:.1f}", "100 %"])
+        rows.append(["whole `predict` call / serving loop (read, translate, write)",
+                     f"{r['in_process_call_slices_per_s']:.2f} / {r['savedmodel_call_slices_per_s']:.2f}",
+                     f"{r['in_process_call_achieved_gflops']:.1f} / "
+                     f"{r['savedmodel_call_achieved_gflops']:.1f}",
+                     f"{100 * r['in_process_call_fraction_of_peak']:.0f} % / "
+                     f"{100 * r['savedmodel_call_fraction_of_peak']:.0f} %"])
+    return _markdown(["256x256 slices, batch 8, bf16", "slices/s", "GFLOP/s", "of peak"], rows)
+
+
 # ---- which runs each table shows ----
 
 DEFAULTS = [("tune-ld2-struct1-seed0", "full", "**defaults**"),
@@ -314,6 +333,7 @@ TABLES = {
         "jax-mixed_bfloat16-128px-b4", "torch-mixed_bfloat16-128px-b4",
         "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos"]),
     "speed-predict": lambda r: predict_speed(r, ["tensorflow-mixed_bfloat16-256px"]),
+    "speed-predict-forward": lambda r: predict_forward(r, ["tensorflow-mixed_bfloat16-256px"]),
 }
 
 
