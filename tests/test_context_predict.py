@@ -181,3 +181,31 @@ def test_the_compiled_k3_pass_equals_the_eager_generator(tmp_path):
     eager = translate_slices(Eager(), images, batch_size=2)
     for (a, _), (b, _) in zip(compiled, eager):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_k3_run_is_evaluated_and_resumed(k3_run, tmp_path):
+    """evaluate translates each subject from its stacks; --resume continues a K=3 run."""
+    import shutil
+
+    from keras_vaegan.inference.evaluate import evaluate
+    from keras_vaegan.training.fit import fit
+
+    run, data = k3_run
+    subject = data / "000"
+    results = evaluate(subject / "mri.nii.gz", subject / "ct.nii.gz",
+                       mask_path=subject / "mask.nii.gz", run=run)
+    mean = results["mean"]
+    assert np.isfinite(mean["mae_hu"]) and mean["mae_hu"] > 0
+    assert np.isfinite(mean["through_plane_mae_hu"])
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = Config.load(str(copy / "config.json")).replace(epochs=2)
+    config.save(str(copy / "config.json"))
+    first = (copy / "checkpoints" / "epoch-0001.weights.h5").read_bytes()
+    fit(config, output=str(copy), data_root=str(data), resume=True, verbose=0, messages=False)
+    assert (copy / "checkpoints" / "epoch-0001.weights.h5").read_bytes() == first  # not retrained
+    assert (copy / "checkpoints" / "epoch-0002.weights.h5").exists()
+    history = (copy / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]  # epoch 2 added to epoch 1
+    assert Config.load(str(copy / "config.json")).context_slices == 3
