@@ -316,3 +316,18 @@ def test_pipeline_and_augmentation_run_under_other_keras_backends(backend):
     # the same numbers as with the TensorFlow backend: the pipeline is backend-free
     reference = _run_backend_script("tensorflow")
     np.testing.assert_allclose(result["sums"], reference["sums"], rtol=1e-5)
+
+
+def test_a_second_iteration_starts_with_the_same_batches(tiny_config):
+    """Keras under a tf.distribute strategy draws one batch to build the model, then iterates
+    the dataset again to train: that pass must start where a one-process run starts."""
+    from keras_vaegan.data.training_data import load_training_data
+
+    data = load_training_data(tiny_config)
+    dataset = make_training_dataset(data.mri, data.ct, data.config)
+    first = [(m.numpy(), c.numpy()) for (m, c), _ in zip(dataset, range(3))]
+    again = [(m.numpy(), c.numpy()) for (m, c), _ in zip(dataset, range(3))]
+    for (m1, c1), (m2, c2) in zip(first, again):
+        np.testing.assert_array_equal(m1, m2)
+        np.testing.assert_array_equal(c1, c2)
+    assert not np.array_equal(first[0][0], first[1][0])  # and the batches do differ
