@@ -99,12 +99,14 @@ def _fresh_pipeline_per_pass(one_pass):
     """A distributed dataset that builds a new input pipeline each time it is iterated.
 
     Keras's TensorFlow ``fit`` under a strategy iterates its dataset twice:
-    once to draw a batch that builds the model, then again to train. The
-    pipeline's shuffle draws a new order for each iteration of the same
-    dataset, so the run would train on the pipeline's second order while one
-    process trains on its first. A fresh pipeline per pass starts every pass
-    from the same first order (Keras checks the dataset's class, so the
-    first pass's object is kept and only its ``__iter__`` is changed).
+    once to draw a batch that builds the model, then again to train. This
+    was written when the pipeline's shuffle drew a new order for each
+    iteration (the run trained on the second order while one process trained
+    on its first); the index shuffle is stateless now
+    (``tests/test_pipeline.py``), and a fresh pipeline per pass still keeps
+    each worker's pass independent of what the build pass read. Keras checks
+    the dataset's class, so the first pass's object is kept and only its
+    ``__iter__`` is changed.
     """
     first = one_pass()
     base = type(first)
