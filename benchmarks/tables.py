@@ -323,7 +323,9 @@ TABLES = {
         ("share of all error", "share", [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")])]),
     "quality-head": lambda r: quality_by_class(r, [
         ("head64-600-k1-seed0", "full", "defaults (2-D)"),
-        ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)")]),
+        ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
+        ("head64-k1-seed0", "full", "**defaults (2-D)**"),
+        ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
     "speed-train": lambda r: training_speed(r, [
