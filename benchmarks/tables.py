@@ -159,6 +159,8 @@ def _train_command(r: dict) -> str:
                f"--mixed-precision {precision}")
     if r["jit_compile"] and r["backend"] == "tensorflow":
         command += " --jit-compile"
+    if r.get("slice_size") and r["slice_size"] != r["image_size"]:
+        command += f" --slice-size {r['slice_size']}"
     if r.get("augment_resampling", "bilinear") != "bilinear":
         command += f" --augment-resampling {r['augment_resampling']}"
     return f"`{command}`"
@@ -331,7 +333,8 @@ TABLES = {
     "speed-train": lambda r: training_speed(r, [
         "tensorflow-float32-128px-b4", "tensorflow-mixed_bfloat16-128px-b4",
         "tensorflow-mixed_bfloat16-128px-b1", "tensorflow-mixed_bfloat16-256px-b4",
-        "tensorflow-mixed_bfloat16-256px-b1", "tensorflow-float32-128px-b4-xla",
+        "tensorflow-mixed_bfloat16-256px-b1", "tensorflow-mixed_bfloat16-256px-b4-from512",
+        "tensorflow-float32-128px-b4-xla",
         "jax-mixed_bfloat16-128px-b4", "torch-mixed_bfloat16-128px-b4",
         "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos"]),
     "speed-predict": lambda r: predict_speed(r, ["tensorflow-mixed_bfloat16-256px"]),
