@@ -212,7 +212,9 @@ class ServingModule:
 
     def centre_slice(self, stacks):
         """``[b, h, w, K]`` -> its centre channel ``[b, h, w, 1]`` (the slice being translated)."""
-        return stacks[..., self.centre:self.centre + 1]
+        # a gather, not a strided slice with an ellipsis: tf2onnx turned that slice into a
+        # 5-D output in one of two fresh-venv runs
+        return _tf().gather(stacks, [self.centre], axis=3)
 
     def to_unit(self, images, modality: str):
         """File units -> [-1, 1] per image (``IntensityMap.to_unit`` in float64)."""
