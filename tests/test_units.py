@@ -84,3 +84,57 @@ def test_modality_units_and_map_for():
     assert map_for("percentile", image, config) == IntensityMap(1.0, 99.0)
     with pytest.raises(VAEGANError):
         map_for("kelvin", image, config)
+
+
+def _cases(count=600):
+    """Float32 samples that make order statistics hard: ties, zeros of both signs, huge ranges."""
+    rng = np.random.default_rng(7)
+    for trial in range(count):
+        n = int(rng.integers(1, 3000))
+        kind = trial % 5
+        if kind == 0:
+            values = rng.normal(0, 100, n)
+        elif kind == 1:
+            values = rng.integers(-5, 5, n).astype(np.float64)  # many ties
+        elif kind == 2:
+            values = np.zeros(n)  # background with a few voxels
+            values[rng.integers(0, n, 3)] = rng.normal(0, 1, 3)
+        elif kind == 3:
+            values = rng.normal(0, 1, n) * 10 ** rng.uniform(-30, 30, n)
+            values[::7] = -0.0
+        else:
+            values = rng.uniform(0, 1e4, n)
+        percentiles = (0.5, 99.5) if trial % 3 == 0 else tuple(sorted(rng.uniform(0, 100, 2)))
+        if trial % 11 == 0:
+            percentiles = (0.0, 100.0)
+        yield values.astype(np.float32), percentiles, int(rng.integers(1, 6))
+
+
+def test_percentiles_of_slabs_equal_the_whole_volumes_bit_for_bit():
+    """Counting keys slab by slab finds the same order statistics as numpy's float64 percentile."""
+    from keras_vaegan.data.units import mri_map_of_slabs
+
+    for values, percentiles, parts in _cases():
+        slabs = np.array_split(values, parts)
+        streamed = mri_map_of_slabs(lambda slabs=slabs: iter(slabs), percentiles)
+        reference = np.percentile(values.astype(np.float64), percentiles)
+        whole = mri_map(values, percentiles)
+        assert (streamed.low, streamed.high) == (whole.low, whole.high)
+        if reference[1] > reference[0]:
+            assert (streamed.low, streamed.high) == (reference[0], reference[1])
+
+
+def test_percentiles_of_slabs_skip_non_finite_values_and_refuse_none():
+    from keras_vaegan.data.units import mri_map_of_slabs
+
+    image = np.random.default_rng(0).uniform(100, 900, size=(6, 32, 32)).astype(np.float32)
+    image[0, 0, 0], image[3, 1, 1], image[5, 2, 2] = np.nan, np.inf, -np.inf
+    streamed = mri_map_of_slabs(lambda: (image[i:i + 2] for i in range(0, 6, 2)))
+    whole = mri_map(image)
+    assert (streamed.low, streamed.high) == (whole.low, whole.high)
+    constant = mri_map_of_slabs(lambda: iter([np.full((4, 8, 8), 42.0, np.float32)]))
+    assert (constant.low, constant.high) == (42.0, 43.0)
+    with pytest.raises(VAEGANError, match="no finite values"):
+        mri_map_of_slabs(lambda: iter([np.full((2, 8, 8), np.nan, np.float32)]))
+    with pytest.raises(VAEGANError, match=r"\[0, 100\]"):
+        mri_map_of_slabs(lambda: iter([image]), (-1.0, 50.0))

@@ -10,6 +10,7 @@ records the units names (``config.ct_units``, ``config.mri_units``) so that
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -68,8 +69,7 @@ def mri_map(image, percentiles: tuple[float, float] = (0.5, 99.5)) -> IntensityM
     on one copy in a type that holds them exactly (float32 for a float32
     volume): a whole volume is copied once, not three times in float64.
     """
-    if not all(0 <= p <= 100 for p in percentiles):
-        raise VAEGANError(None, f"percentiles must be in [0, 100], got {tuple(percentiles)}")
+    _check_percentiles(percentiles)
     array = np.asarray(image)
     values = np.array(array, dtype=_exact_type(array.dtype), order="C").reshape(-1)
     if not _all_finite(values):
@@ -83,6 +83,11 @@ def mri_map(image, percentiles: tuple[float, float] = (0.5, 99.5)) -> IntensityM
 
 
 _FINITE_CHUNK = 1 << 20  # values checked at a time: no mask as big as the volume
+
+
+def _check_percentiles(percentiles) -> None:
+    if not all(0 <= p <= 100 for p in percentiles):
+        raise VAEGANError(None, f"percentiles must be in [0, 100], got {tuple(percentiles)}")
 
 
 def _exact_type(dtype: np.dtype) -> type:
@@ -105,24 +110,86 @@ def _percentiles_in_place(values: np.ndarray, percentiles) -> tuple[float, float
     and the interpolation is done in float64 as numpy does it. ``values``
     is 1-D, finite and not empty; it is reordered.
     """
+    previous, following, gamma = _ranks(values.size, percentiles)
+    values.partition(np.unique(np.concatenate(([0, -1], previous, following))))
+    return _interpolate(values[previous], values[following], gamma)
+
+
+def _ranks(count: int, percentiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy's 'linear' method: (lower rank, upper rank, weight) per percentile of ``count`` values."""
     quantiles = np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
-    count = values.size
     virtual = (count - 1) * quantiles
     previous = np.floor(virtual)
     following = previous + 1
     above = virtual >= count - 1
-    previous[above] = following[above] = -1
+    previous[above] = following[above] = count - 1
     below = virtual < 0
     previous[below] = following[below] = 0
-    previous, following = previous.astype(np.intp), following.astype(np.intp)
-    values.partition(np.unique(np.concatenate(([0, -1], previous, following))))
-    low_side = values[previous].astype(np.float64)
-    high_side = values[following].astype(np.float64)
-    gamma = virtual - previous
+    return previous.astype(np.intp), following.astype(np.intp), virtual - np.floor(virtual)
+
+
+def _interpolate(low_side, high_side, gamma: np.ndarray) -> tuple[float, float]:
+    """numpy's ``_lerp`` in float64 between the order statistics at the two ranks."""
+    low_side = np.asarray(low_side).astype(np.float64)
+    high_side = np.asarray(high_side).astype(np.float64)
     diff = high_side - low_side
     result = low_side + diff * gamma
     np.subtract(high_side, diff * (1 - gamma), out=result, where=gamma >= 0.5)
     return float(result[0]), float(result[1])
+
+
+def mri_map_of_slabs(slabs: Callable[[], Iterable[np.ndarray]],
+                     percentiles: tuple[float, float] = (0.5, 99.5)) -> IntensityMap:
+    """``mri_map`` of a float32 volume seen one slab at a time: the same map, one slab in memory.
+
+    ``slabs()`` yields the volume's slabs afresh on each call; it is called
+    twice. The order statistics are found by counting, not sorting: each
+    float32 becomes an unsigned key in the same order, the first pass counts
+    the keys' high 16 bits, the second the low 16 bits inside the few bins
+    that hold the ranks wanted, which gives each order statistic exactly
+    (predict's memory then does not grow with the slice count).
+    """
+    _check_percentiles(percentiles)
+    high_counts = np.zeros(1 << 16, np.int64)
+    for slab in slabs():
+        high_counts += np.bincount(_float_keys(slab) >> 16, minlength=1 << 16)
+    count = int(high_counts.sum())
+    if count == 0:
+        raise VAEGANError(None, "MRI image has no finite values")
+    previous, following, gamma = _ranks(count, percentiles)
+    wanted = np.concatenate([previous, following])
+    ends = np.cumsum(high_counts)
+    bins = np.searchsorted(ends, wanted, side="right")
+    low_counts = {int(b): np.zeros(1 << 16, np.int64) for b in np.unique(bins)}
+    for slab in slabs():
+        keys = _float_keys(slab)
+        high = keys >> 16
+        for b, counts in low_counts.items():
+            counts += np.bincount(keys[high == b] & 0xFFFF, minlength=1 << 16)
+    keys = np.empty(len(wanted), np.uint32)
+    for i, (rank, b) in enumerate(zip(wanted, bins)):
+        inside = rank - (ends[b - 1] if b else 0)
+        low = int(np.searchsorted(np.cumsum(low_counts[int(b)]), inside, side="right"))
+        keys[i] = (int(b) << 16) | low
+    values = _keys_to_floats(keys)
+    low, high = _interpolate(values[:len(previous)], values[len(previous):], gamma)
+    if not high > low:
+        high = low + 1.0
+    return IntensityMap(low, high)
+
+
+def _float_keys(slab) -> np.ndarray:
+    """Finite float32 values -> uint32 keys in the same order (-0.0 counted as 0.0)."""
+    values = np.asarray(slab, dtype=np.float32).reshape(-1)
+    if not np.isfinite(values).all():
+        values = values[np.isfinite(values)]
+    bits = (values + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
+    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+
+
+def _keys_to_floats(keys: np.ndarray) -> np.ndarray:
+    bits = np.where(keys >> 31, keys & np.uint32(0x7FFFFFFF), ~keys).astype(np.uint32)
+    return bits.view(np.float32)
 
 
 def normalise_modality(modality: str) -> str:
