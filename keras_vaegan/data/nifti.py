@@ -186,6 +186,11 @@ def read_nifti(path: str | os.PathLike, modality: str) -> Volume:
         raise VAEGANError(path, f"truncated or corrupt NIfTI data ({_short(err, path)})") \
             from None
     check_finite(path, voxels)
+    return nifti_volume(path, image, reorient, voxels, modality)
+
+
+def nifti_volume(path: str, image, reorient: Reorientation, voxels, modality: str) -> Volume:
+    """The ``Volume`` of a loaded, checked image around ``voxels`` (read, or read on demand)."""
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     spacing = tuple(zooms[a] for a in reorient.axes)
     return Volume(voxels=voxels, kind="nifti",
@@ -206,16 +211,13 @@ def _read_canonical(path: str, image, shape: tuple[int, int, int],
     not the file's own array (twice for float64), nor a reordered copy, nor
     the whole decompressed byte string that reading a ``.nii.gz`` at once makes.
     """
-    from nibabel.arrayproxy import ArrayProxy
     from nibabel.openers import ImageOpener
 
     voxels = np.empty(tuple(shape[axis] for axis in reorient.axes), np.float32)
     in_file_order = reorient.file_order_view(voxels)  # a view: writes land in ``voxels``
     step = max(1, _SLAB_VOXELS // (shape[0] * shape[1]))
     with ImageOpener(path) as handle:  # one open file: slabs read in turn
-        stored = image.dataobj  # nib.load's proxy: its offset, type and scaling, our open file
-        proxy = ArrayProxy(handle, (stored.shape, stored.dtype, stored.offset, stored.slope,
-                                    stored.inter), mmap=False, order=stored.order)
+        proxy = open_proxy(handle, image)
         for start in range(0, shape[2], step):
             stop = min(start + step, shape[2])
             slab = np.asarray(proxy[:, :, start:stop])
@@ -223,14 +225,48 @@ def _read_canonical(path: str, image, shape: tuple[int, int, int],
     return voxels
 
 
+def open_proxy(handle, image):
+    """nib.load's proxy of ``image`` (its offset, type and scaling) reading an open ``handle``.
+
+    One open file read slab by slab: nib.load's own proxy reopens the file
+    for every slice taken, and a ``.nii.gz`` is then decompressed from its start each time.
+    """
+    from nibabel.arrayproxy import ArrayProxy
+
+    stored = image.dataobj
+    return ArrayProxy(handle, (stored.shape, stored.dtype, stored.offset, stored.slope,
+                               stored.inter), mmap=False, order=stored.order)
+
+
 def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, modality: str,
                 role: str = "mean", description: str | None = None) -> None:
     """Write canonical ``voxels`` as float32 NIfTI with ``volume``'s header and grid."""
     path = os.fspath(path)
     nib = nibabel_module(path)
-    original = volume.nifti_image
     # a view in the file's axis order: nibabel writes it a slice at a time (no copy of the volume)
     data = volume.file_order_view(np.asarray(voxels, dtype=np.float32))
+    image = output_image(volume, data, modality, role, description)
+    with atomic_path(path, suffix=output_suffix(path)) as tmp:
+        try:
+            nib.save(image, tmp)
+        except OSError as err:
+            raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None
+
+
+def output_suffix(path: str) -> str:
+    """The extension a temporary name keeps, so nibabel compresses a ``.nii.gz`` output."""
+    return ".nii.gz" if path.lower().endswith(".nii.gz") else ".nii"
+
+
+def output_image(volume: Volume, data: np.ndarray, modality: str, role: str = "mean",
+                 description: str | None = None):
+    """A nibabel image of file-order float32 ``data`` with the header every output gets.
+
+    The input's header, little-endian, float32 with no scaling, no display
+    range, our description; the streaming writer takes its header from here
+    too (with a placeholder for ``data``), so both write the same bytes.
+    """
+    original = volume.nifti_image
     header = original.header.copy()
     if header.endianness != "<":
         header = header.as_byteswapped("<")  # the same header, written little-endian
@@ -244,12 +280,7 @@ def write_nifti(path: str | os.PathLike, volume: Volume, voxels: np.ndarray, mod
     image.header["descrip"] = text.encode("ascii", "replace")[:79]
     image.header["aux_file"] = b""
     image.header["intent_code"] = 0
-    suffix = ".nii.gz" if path.lower().endswith(".nii.gz") else ".nii"
-    with atomic_path(path, suffix=suffix) as tmp:
-        try:
-            nib.save(image, tmp)
-        except OSError as err:
-            raise VAEGANError(path, f"cannot write ({err.strerror or err})") from None
+    return image
 
 
 def _short(err: BaseException, path: str) -> str:
