@@ -25,7 +25,6 @@ from keras_vaegan.data.volume import Reorientation, Volume
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import atomic_path
 
-_WHOLE_SLAB_VOXELS = 1 << 20  # voxels read at a time by np.asarray(lazy_voxels)
 _READ_ERRORS = (EOFError, OSError, ValueError, zlib.error)  # a truncated or corrupt .nii.gz
 
 
@@ -117,12 +116,18 @@ class LazyVoxels:
         if copy is False:
             raise ValueError(f"{self!r}: the voxels are read from the file, a copy is needed")
         whole = np.empty(self.shape, np.float32)
-        for start, stop, slab in self.slabs(max(1, _WHOLE_SLAB_VOXELS // whole[0].size)):
+        for start, stop, slab in self.slabs():
             whole[start:stop] = slab
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
-    def slabs(self, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(start, stop, canonical slices) of ``size`` slices, in the file's order, each read once."""
+    def slabs(self, size: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(start, stop, canonical slices) of ``size`` slices, in the file's order, each read once.
+
+        ``size`` None: as many slices as ``nifti._SLAB_VOXELS`` voxels (what
+        ``read_nifti`` reads at a time), so every scan of a file shares one size.
+        """
+        if size is None:
+            size = max(1, nifti._SLAB_VOXELS // (self.shape[1] * self.shape[2]))
         if size < 1:
             raise ValueError(f"slab size must be at least 1, not {size}")
         count = self.shape[0]

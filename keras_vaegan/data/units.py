@@ -10,7 +10,7 @@ records the units names (``config.ct_units``, ``config.mri_units``) so that
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -151,8 +151,8 @@ def mri_map_of_slabs(slabs: Callable[[], Iterable[np.ndarray]],
     """
     _check_percentiles(percentiles)
     high_counts = np.zeros(1 << 16, np.int64)
-    for slab in slabs():
-        high_counts += np.bincount(_float_keys(slab) >> 16, minlength=1 << 16)
+    for keys in _chunked_keys(slabs):
+        high_counts += np.bincount(keys >> 16, minlength=1 << 16)
     count = int(high_counts.sum())
     if count == 0:
         raise VAEGANError(None, "MRI image has no finite values")
@@ -161,8 +161,7 @@ def mri_map_of_slabs(slabs: Callable[[], Iterable[np.ndarray]],
     ends = np.cumsum(high_counts)
     bins = np.searchsorted(ends, wanted, side="right")
     low_counts = {int(b): np.zeros(1 << 16, np.int64) for b in np.unique(bins)}
-    for slab in slabs():
-        keys = _float_keys(slab)
+    for keys in _chunked_keys(slabs):
         high = keys >> 16
         for b, counts in low_counts.items():
             counts += np.bincount(keys[high == b] & 0xFFFF, minlength=1 << 16)
@@ -176,6 +175,17 @@ def mri_map_of_slabs(slabs: Callable[[], Iterable[np.ndarray]],
     if not high > low:
         high = low + 1.0
     return IntensityMap(low, high)
+
+
+def _chunked_keys(slabs: Callable[[], Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
+    """The keys of every slab, ``_KEY_CHUNK`` values at a time (their temporaries stay small)."""
+    for slab in slabs():
+        values = np.asarray(slab).reshape(-1)
+        for start in range(0, values.size, _KEY_CHUNK):
+            yield _float_keys(values[start:start + _KEY_CHUNK])
+
+
+_KEY_CHUNK = 1 << 16  # values keyed and counted at a time
 
 
 def _float_keys(slab) -> np.ndarray:

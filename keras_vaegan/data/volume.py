@@ -135,8 +135,17 @@ class Volume:
         return self.reorient.file_order_view(canonical).reshape(self.file_shape)
 
 
-def check_finite(path: str, voxels: np.ndarray) -> None:
-    """Refuse NaN or inf voxels; checked a slab at a time (no mask as big as the volume)."""
+def check_finite(path: str, voxels) -> None:
+    """Refuse NaN or inf voxels; checked a slab at a time (no mask as big as the volume).
+
+    ``voxels`` is an array, or voxels read lazily (``slabs(size)``, as
+    ``nifti_stream`` reads them): then this is one pass through the file.
+    """
+    if not isinstance(voxels, np.ndarray) and hasattr(voxels, "slabs"):
+        for _, _, slab in voxels.slabs():
+            if not np.isfinite(slab).all():
+                raise VAEGANError(path, "volume has non-finite values (NaN or inf)")
+        return
     step = max(1, _FINITE_CHUNK // max(1, voxels[:1].size))
     for start in range(0, len(voxels), step):
         if not np.isfinite(voxels[start:start + step]).all():

@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from keras_vaegan.data import dicom_read, dicom_write, nifti, parametric_map, readers
+from keras_vaegan.data import dicom_read, dicom_write, nifti, nifti_stream, parametric_map, readers
 from keras_vaegan.data.units import normalise_modality
-from keras_vaegan.data.volume import FoundVolume, Volume
+from keras_vaegan.data.volume import FoundVolume, Volume, check_finite
 from keras_vaegan.errors import VAEGANError
 
 # --- finding inputs -------------------------------------------------------------------------
@@ -99,6 +99,42 @@ def write_volume(path: str, volume: Volume, voxels: np.ndarray, modality: str, r
         nifti.write_nifti(path, volume, voxels, modality, role, description)
         return [path]
     return dicom_write.write_series(path, volume, voxels, modality, role, study_uid, description)
+
+
+def open_volume(found: FoundVolume, modality: str) -> Volume:
+    """A found volume to translate: streamed from its file where it can be, else read whole.
+
+    A NIfTI file whose slices are its last array axis (an axial file; see
+    ``nifti_stream.streamable``) is opened lazily and checked for NaN/inf in
+    one pass: its voxels are read again a batch at a time while they are
+    translated, and ``slab_writer`` writes the result as it comes, so
+    nothing volume-sized is held. Other volumes (DICOM series, sagittal or
+    coronal NIfTI) are read whole (``read_volume``).
+    """
+    modality = normalise_modality(modality)
+    if found.kind == "nifti":
+        volume = nifti_stream.open_nifti(found.files[0], modality)
+        if nifti_stream.streamable(volume):
+            try:
+                check_finite(volume.path, volume.voxels)
+            except BaseException:
+                volume.voxels.close()
+                raise
+            return volume
+        volume.voxels.close()
+    return read_volume(found, modality)
+
+
+def streams(volume: Volume) -> bool:
+    """Whether ``volume`` was opened to stream (``open_volume``): write it with ``slab_writer``."""
+    return isinstance(volume.voxels, nifti_stream.LazyVoxels)
+
+
+def slab_writer(path: str, volume: Volume, modality: str, role: str = "mean",
+                description: str | None = None) -> nifti_stream.NiftiSlabWriter:
+    """A writer of a streamed volume's result, slab by slab in its file's order (NIfTI only)."""
+    return nifti_stream.NiftiSlabWriter(path, volume, normalise_modality(modality), role,
+                                        description)
 
 
 def check_std_writable(found: FoundVolume) -> None:

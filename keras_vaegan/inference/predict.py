@@ -28,6 +28,7 @@ The library does not print: progress goes to ``progress(done, total)``
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -49,6 +50,7 @@ from keras_vaegan.inference.translate import (
     DIRECTIONS,
     MAX_PASS_PIXELS,
     TranslatedVolume,
+    VolumeTranslation,
     check_slice_pixels,
     check_translatable,
     direction_modalities,
@@ -144,23 +146,39 @@ def _translate_slice_jobs(run: LoadedRun, plan: PredictionPlan, staged: StagedOu
 def _translate_volume_jobs(run: LoadedRun, plan: PredictionPlan, staged: StagedOutputs,
                            batch_size: int, counter: "_Counter", overview: "_Overview",
                            on_bad: readers.BadFileHandler | None) -> list[str]:
-    """Read, check, translate and write (into staging) each volume; bad ones to ``on_bad``."""
+    """Open, check, translate and write (into staging) each volume; bad ones to ``on_bad``."""
     written: list[str] = []
     stride = int(run.model.total_stride)
     for job in plan.volumes:
-        volume: Volume | None = None  # the last volume is gone before the next one is read
         try:
-            volume = volumes.read_volume(job.found, plan.in_modality)
-            check_translatable(volume.path, volume.voxels.shape[1:], stride)  # never strips
+            volume = _opened_volume(job, plan.in_modality, stride)
         except VAEGANError as err:
             if on_bad is None:
                 raise
             counter.drop(job.found.slice_count)
             on_bad(err)
             continue
-        written += _translate_volume(run, plan, staged, batch_size, counter, overview, job,
-                                     volume)
+        if volumes.streams(volume):
+            with contextlib.closing(volume.voxels):
+                written += _stream_volume(run, plan, staged, batch_size, counter, overview,
+                                          job, volume)
+        else:
+            written += _translate_volume(run, plan, staged, batch_size, counter, overview, job,
+                                         volume)
+        del volume  # the last volume is gone before the next one is read
     return written
+
+
+def _opened_volume(job: VolumeJob, modality: str, stride: int) -> Volume:
+    """The job's volume, opened to stream or read whole (``volumes.open_volume``), and checked."""
+    volume = volumes.open_volume(job.found, modality)
+    try:
+        check_translatable(volume.path, volume.voxels.shape[1:], stride)  # never strips
+    except VAEGANError:
+        if volumes.streams(volume):
+            volume.voxels.close()
+        raise
+    return volume
 
 
 def _translate_volume(run: LoadedRun, plan: PredictionPlan, staged: StagedOutputs,
@@ -178,6 +196,31 @@ def _translate_volume(run: LoadedRun, plan: PredictionPlan, staged: StagedOutput
     middle = volume.voxels.shape[0] // 2
     overview.add(*result.unit_slice(middle), f"{os.path.basename(job.output)} [{middle}]")
     return written
+
+
+def _stream_volume(run: LoadedRun, plan: PredictionPlan, staged: StagedOutputs,
+                   batch_size: int, counter: "_Counter", overview: "_Overview",
+                   job: VolumeJob, volume: Volume) -> list[str]:
+    """Translate a streamed volume and write it (and its ``_std``) batch by batch as it comes.
+
+    The batches go in the file's own slice order, so reading and writing
+    pass through each file once, forwards; nothing volume-sized is held.
+    """
+    translation = VolumeTranslation(run, volume, plan.direction, plan.samples, batch_size)
+    paths = [staged.path(job.output)]
+    if plan.samples > 1:
+        paths.append(staged.path(job.std_output))
+    middle = volume.voxels.shape[0] // 2
+    with contextlib.ExitStack() as stack:
+        outputs = [stack.enter_context(volumes.slab_writer(path, volume, plan.out_modality, role))
+                   for path, role in zip(paths, ("mean", "std"))]
+        for slab in translation.slabs(counter.advance, volume.voxels.file_order_step < 0):
+            for output, values in zip(outputs, (slab.mean, slab.std)):
+                output.write(slab.start, slab.stop, values)
+            if slab.start <= middle < slab.stop:
+                overview.add(*slab.unit_slice(middle),
+                             f"{os.path.basename(job.output)} [{middle}]")
+    return paths
 
 
 def _new_uid() -> str:

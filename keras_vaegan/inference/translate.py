@@ -12,7 +12,7 @@ data was mapped. Nothing here reads or writes files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -231,8 +231,16 @@ def output_map(modality: str, config) -> tuple[str, units.IntensityMap]:
 
 
 def volume_input_map(volume: Volume, modality: str, config) -> units.IntensityMap:
-    """File units -> model units for a whole volume: the CT window, or the volume's MRI percentiles."""
-    return input_map(readers.Slice(path=volume.path, pixels=volume.voxels, bit_depth="float"),
+    """File units -> model units for a whole volume: the CT window, or the volume's MRI percentiles.
+
+    A volume read lazily (``voxels.slabs``, a NIfTI streamed by ``predict``)
+    has its percentiles counted slab by slab: the same map, one slab in memory.
+    """
+    voxels = volume.voxels
+    if modality == "mri" and not isinstance(voxels, np.ndarray) and hasattr(voxels, "slabs"):
+        return units.mri_map_of_slabs(lambda: (slab for _, _, slab in voxels.slabs()),
+                                      tuple(config.mri_percentiles))
+    return input_map(readers.Slice(path=volume.path, pixels=voxels, bit_depth="float"),
                      modality, config)
 
 
@@ -288,40 +296,93 @@ class TranslatedVolume:
                 std)
 
 
+@dataclass
+class TranslatedSlab:
+    """Slices ``start:stop`` of a volume, translated, in output units (what a writer takes)."""
+
+    start: int
+    stop: int
+    mean: np.ndarray  # output units (HU for CT), [n, rows, cols]
+    std: np.ndarray | None  # output units, for samples > 1
+    unit_input: np.ndarray  # the input slices themselves (centre channels) in model units
+    map_out: units.IntensityMap  # model units -> output units
+
+    def unit_slice(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Volume slice ``index`` (inside this slab) in model units, as ``TranslatedVolume``'s."""
+        row = index - self.start
+        std = None if self.std is None else self.std[row] / std_scale(self.map_out)
+        return self.unit_input[row], self.map_out.to_unit(self.mean[row]), std
+
+
+class VolumeTranslation:
+    """One volume's translation, a batch at a time: nothing volume-sized is held here.
+
+    Made before any slice is translated, it checks the direction, the
+    slice size and the units (the input map: the CT window, or the MRI
+    volume's percentiles, found slab by slab for a volume read lazily);
+    ``slabs()`` then translates batch after batch, each slice with its
+    ``K // 2`` neighbours for a 2.5-D run (the edge slice repeated past the
+    ends), in ascending slice order or, for a file that stores its slices
+    the other way round, descending (``descending``), so a streaming reader
+    and writer go through the file once, forwards.
+    """
+
+    def __init__(self, run: LoadedRun, volume: Volume, direction: str = "mri2ct",
+                 samples: int = 1, batch_size: int = 4):
+        in_modality, out_modality = direction_modalities(direction)
+        if volume.modality != in_modality:
+            raise VAEGANError(volume.path, f"was read as {volume.modality.upper()}, but "
+                                           f"{direction} translates {in_modality.upper()}")
+        samples, batch_size = _checked_counts(samples, batch_size)
+        self.volume = volume
+        self.map_in = volume_input_map(volume, in_modality, run.config)
+        self.map_out = volume_output_map(out_modality, run.config, volume.path)
+        self.count, self.rows, self.cols = volume.voxels.shape
+        stride = int(run.model.total_stride)
+        self.shape = _padded_shape((self.rows, self.cols), stride)
+        check_slice_pixels(volume.path, self.shape, stride)
+        self.passes = _Passes(run.model, direction, samples, self.shape, self.count, batch_size)
+
+    def slabs(self, on_done: Callable[[int], None] | None = None,
+              descending: bool = False) -> Iterator[TranslatedSlab]:
+        """Translated batches covering every slice once; ``on_done(n)`` after each."""
+        per_pass, count = self.passes.per_pass, self.count
+        starts = range(0, count, per_pass)
+        if descending:  # the same batches from the top: [count - per_pass, count), ...
+            starts = range(count - per_pass, -per_pass, -per_pass)
+        for start in starts:
+            start, stop = max(start, 0), min(start + per_pass, count)
+            yield self._translate(start, stop)
+            if on_done is not None:
+                on_done(stop - start)
+
+    def _translate(self, start: int, stop: int) -> TranslatedSlab:
+        stacks = volume_stacks(self.volume.voxels, start, stop, self.passes.channels,
+                               self.map_in.to_unit)
+        mean, std = self.passes.run(stacks)
+        top, left = ((pad - side) // 2 for pad, side in zip(self.shape, (self.rows, self.cols)))
+        window = (slice(None), slice(top, top + self.rows), slice(left, left + self.cols))
+        return TranslatedSlab(
+            start=start, stop=stop, mean=self.map_out.from_unit(mean[window]),
+            std=None if std is None else std[window] * std_scale(self.map_out),
+            unit_input=np.ascontiguousarray(stacks[..., self.passes.channels // 2]),
+            map_out=self.map_out)
+
+
 def translate_volume(run: LoadedRun, volume: Volume, direction: str = "mri2ct",
                      samples: int = 1, batch_size: int = 4,
                      on_done: Callable[[int], None] | None = None) -> TranslatedVolume:
-    """Translate every axial slice of a volume and map it back to output units.
+    """Translate every axial slice of a volume and map it back to output units, in memory.
 
-    The volume streams through in batches: each is mapped to model units
-    (with its ``K // 2`` neighbours each side for a 2.5-D run, the edge slice
-    repeated past the ends), translated by the compiled pass (``_Passes``)
-    and written into the output arrays in output units, so the working
-    memory is one batch whatever the slice count.
+    ``VolumeTranslation`` batch by batch, gathered into whole output arrays
+    (``predict`` streams a NIfTI volume to its file instead).
     """
-    in_modality, out_modality = direction_modalities(direction)
-    if volume.modality != in_modality:
-        raise VAEGANError(volume.path, f"was read as {volume.modality.upper()}, but {direction} "
-                                       f"translates {in_modality.upper()}")
-    samples, batch_size = _checked_counts(samples, batch_size)
-    map_in = volume_input_map(volume, in_modality, run.config)
-    map_out = volume_output_map(out_modality, run.config, volume.path)
-    voxels = volume.voxels
-    count, rows, cols = voxels.shape
-    stride = int(run.model.total_stride)
-    shape = _padded_shape((rows, cols), stride)
-    check_slice_pixels(volume.path, shape, stride)
-    passes = _Passes(run.model, direction, samples, shape, count, batch_size)
-    mean = np.empty(voxels.shape, np.float32)
-    std = np.empty(voxels.shape, np.float32) if samples > 1 else None
-    top, left = ((pad - side) // 2 for pad, side in zip(shape, (rows, cols)))
-    for start in range(0, count, passes.per_pass):
-        stop = min(start + passes.per_pass, count)
-        batch_mean, batch_std = passes.run(
-            volume_stacks(voxels, start, stop, passes.channels, map_in.to_unit))
-        mean[start:stop] = map_out.from_unit(batch_mean[:, top:top + rows, left:left + cols])
+    translation = VolumeTranslation(run, volume, direction, samples, batch_size)
+    mean = np.empty(volume.voxels.shape, np.float32)
+    std = np.empty(volume.voxels.shape, np.float32) if translation.passes.samples > 1 else None
+    for slab in translation.slabs(on_done):
+        mean[slab.start:slab.stop] = slab.mean
         if std is not None:
-            std[start:stop] = batch_std[:, top:top + rows, left:left + cols] * std_scale(map_out)
-        if on_done is not None:
-            on_done(stop - start)
-    return TranslatedVolume(mean=mean, std=std, input_voxels=voxels, map_in=map_in, map_out=map_out)
+            std[slab.start:slab.stop] = slab.std
+    return TranslatedVolume(mean=mean, std=std, input_voxels=volume.voxels,
+                            map_in=translation.map_in, map_out=translation.map_out)
