@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -381,3 +382,43 @@ def test_few_filter_convs_traced_as_depthwise_give_the_same_values(padding, filt
     assert "call" not in vars(layer)  # the layer is itself again afterwards
     assert rewritten.shape == plain.shape
     np.testing.assert_allclose(rewritten, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3, None])
+def test_instance_norms_traced_as_fused_batch_norms_give_the_same_values(batch):
+    """Values and gradients of Keras's GroupNormalization(groups=-1), static and unknown batch."""
+    import keras
+    import tensorflow as tf
+
+    from keras_vaegan.backends.tensorflow_steps import instance_norms_fused
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the rewrite is TensorFlow's only")
+    norm = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5,
+                                           gamma_initializer="random_normal",
+                                           beta_initializer="random_normal")
+    net = keras.Sequential([keras.Input((12, 10, 6)), norm])
+    rng = np.random.default_rng(0)
+    images = (rng.normal(size=(3, 12, 10, 6)) * rng.uniform(0.1, 5, (3, 1, 1, 6))
+              + rng.normal(0, 3, (3, 1, 1, 6))).astype(np.float32)[:batch or 3]
+    weights = tf.constant(rng.normal(size=images.shape).astype(np.float32))
+
+    def loss_and_grads(rewrite: bool):
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                with instance_norms_fused(net) if rewrite else contextlib.nullcontext():
+                    out = net(x)
+                loss = tf.reduce_sum(out * weights)
+            return out, tape.gradient(loss, [x, norm.gamma, norm.beta])
+
+        spec = tf.TensorSpec((batch, 12, 10, 6), tf.float32)
+        return tf.function(run, input_signature=[spec])(tf.constant(images))
+
+    plain, plain_grads = loss_and_grads(False)
+    fused, fused_grads = loss_and_grads(True)
+    assert "call" not in vars(norm)  # the layer is itself again afterwards
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-4, atol=1e-4)
+    for got, want in zip(fused_grads, plain_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=1e-3)
+    assert np.abs(plain.numpy().mean(axis=(1, 2)) - norm.beta.numpy()).max() < 1e-4

@@ -170,7 +170,7 @@ FEW_FILTERS = 5  # measured faster as depthwise passes for 1, 3 and 5 filters (K
 def compiled_forward(compiled, net) -> Callable:
     """Prediction's compiled pass of ``net`` for ``compiled.shape`` (see ``inference.compiled``)."""
     def traced(images):
-        with _few_filter_convs_as_depthwise(net):
+        with _few_filter_convs_as_depthwise(net), instance_norms_fused(net):
             return compiled.forward(net, images)
 
     spec = tf.TensorSpec(compiled.input_shape, tf.float32)
@@ -212,3 +212,64 @@ def _few_filter_convs_as_depthwise(net):
 
     with replaced_calls([net], replacement) as patched:
         yield patched
+
+
+@contextlib.contextmanager
+def instance_norms_fused(*models):
+    """While tracing, run each instance norm as TensorFlow's fused batch norm of each image.
+
+    An instance norm is Keras's ``GroupNormalization`` with one group per
+    channel. Keras computes it in float32 from a 5-D reshape, in separate
+    passes for the cast, the mean, the mean square and the scaling: with
+    mixed bfloat16 at 8x256x256 that was about 40 % of the generator's
+    forward time (the same pass with the norms removed took 1.5 s against
+    2.55). ``FusedBatchNormV3`` in training mode over one image normalises
+    each channel over that image's pixels, which is the instance norm, in one
+    oneDNN pass (bf16 in, float32 statistics, biased variance as Keras's).
+    Measured in one process: 1.59 -> 1.15 s per batch of 8 slices of 256x256
+    in bf16, 2.22 -> 1.95 s in float32; float32 values within 3e-5 of Keras's;
+    in bf16 the same error against a float32 pass as Keras's own (mean 0.021,
+    max 0.18 in model units, untrained weights).
+    """
+    def replacement(layer):
+        if type(layer) is not keras.layers.GroupNormalization or layer.axis not in (-1, 3):
+            return None
+
+        def call(inputs):
+            channels = inputs.shape[-1]
+            if inputs.shape.rank != 4 or channels is None or layer.groups != channels:
+                return type(layer).call(layer, inputs)
+            scale = (tf.cast(layer.gamma, tf.float32) if layer.scale
+                     else tf.ones([channels], tf.float32))
+            offset = (tf.cast(layer.beta, tf.float32) if layer.center
+                      else tf.zeros([channels], tf.float32))
+            return tf.cast(_instance_norm(inputs, scale, offset, layer.epsilon),
+                           layer.compute_dtype)
+
+        return call
+
+    with replaced_calls(models, replacement) as patched:
+        yield patched
+
+
+def _instance_norm(images, scale, offset, epsilon: float):
+    """Per-image, per-channel normalisation of NHWC ``images`` by fused batch norms.
+
+    A static batch is split into single images (one fused call each); an
+    unknown batch is moved next to the channels ([1, H, W, B*C]) for one call.
+    """
+    def fused(x, scale, offset):
+        return tf.compat.v1.nn.fused_batch_norm(x, scale, offset, epsilon=epsilon,
+                                                is_training=True)[0]
+
+    count = images.shape[0]
+    if count is not None:
+        if count == 1:
+            return fused(images, scale, offset)
+        return tf.concat([fused(image, scale, offset)
+                          for image in tf.split(images, count, axis=0)], axis=0)
+    shape = tf.shape(images)
+    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]),
+                         [1, shape[1], shape[2], shape[0] * shape[3]])
+    out = fused(stacked, tf.tile(scale, [shape[0]]), tf.tile(offset, [shape[0]]))
+    return tf.transpose(tf.reshape(out, [shape[1], shape[2], shape[0], shape[3]]), [2, 0, 1, 3])
