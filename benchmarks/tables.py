@@ -232,6 +232,30 @@ def predict_forward(results: Results, names: list[str]) -> str:
     return _markdown(["256x256 slices, batch 8, bf16", "slices/s", "GFLOP/s", "of peak"], rows)
 
 
+def data_scale(results: Results, name: str) -> str:
+    """Training on a real-sized NIfTI set at 1x and 4x the volumes (bench_data.py)."""
+    r = results(name)
+    side, _ = r["slice_shape"]
+    precision = {"float32": "off", "mixed_bfloat16": "bfloat16"}[r["runs"][0]["policy"]]
+    rows = []
+    for run in r["runs"]:
+        rows.append([f"{run['volumes_per_modality']} x {side}x{side}x{r['slices_per_volume']}",
+                     f"{run['mri_slices']:,} + {run['ct_slices']:,}",
+                     f"{run['preprocess_s']:.0f}", f"{run['images_per_s']:.2f}",
+                     f"{100 * run['input_wait_fraction']:.1f} %",
+                     f"{run['peak_rss_mb']:,.0f}", f"{run['fit_cli_peak_rss_mb']:,.0f}"])
+    small = r["runs"][0]["volumes_per_modality"]
+    scale = r["runs"][1]["volumes_per_modality"] // small
+    rows.append(["growth, 4x the volumes", "", "", "", "",
+                 f"{100 * r['peak_rss_growth']:+.1f} %", f"{100 * r['fit_cli_peak_rss_growth']:+.1f} %"])
+    table = _markdown(["volumes per modality", "slices (MRI + CT)", "cache build (s)",
+                       "images/s", "input wait", "peak RSS (MB)", "`fit` peak RSS (MB)"], rows)
+    return table + (f"\nReproduce: `python benchmarks/bench_data.py --workdir DIR --volumes {small} "
+                    f"--scale {scale} --slices {r['slices_per_volume']} --size {side} "
+                    f"--image-size {r['image_size']} --batch-size {r['batch_size']} "
+                    f"--steps {r['steps']} --mixed-precision {precision}`\n")
+
+
 # ---- which runs each table shows ----
 
 DEFAULTS = [("tune-ld2-struct1-seed0", "full", "**defaults**"),
@@ -339,6 +363,7 @@ TABLES = {
         "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos"]),
     "speed-predict": lambda r: predict_speed(r, ["tensorflow-mixed_bfloat16-256px"]),
     "speed-predict-forward": lambda r: predict_forward(r, ["tensorflow-mixed_bfloat16-256px"]),
+    "speed-data": lambda r: data_scale(r, "bench-data"),
 }
 
 
