@@ -66,3 +66,14 @@ def pytest_collection_modifyitems(config, items):
         return
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable sort
+
+
+def head_like(shape, seed=0) -> np.ndarray:
+    """Air around a noisy ellipse, changing along z, file order (x, y, z) (compresses like an
+    image, not like zeros): the test volume of the NIfTI memory and streaming tests."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    inside = (x ** 2 + (y / 0.8) ** 2 < 0.7)[..., None]
+    z = np.arange(shape[2], dtype=np.float32)
+    return np.where(inside, 400.0 + 100.0 * np.sin(z / 9.0) + rng.normal(0, 30, shape),
+                    0.0).astype(np.float32)

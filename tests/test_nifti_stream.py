@@ -15,6 +15,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import head_like as volume_like
 
 from keras_vaegan.data import nifti
 from keras_vaegan.data.nifti_stream import (
@@ -69,13 +70,7 @@ NIBABEL_3D = ["anatomical.nii", "reoriented_anat_moved.nii"]  # nibabel's own te
 
 
 def head_like(shape=SHAPE, seed=0) -> np.ndarray:
-    """Air around a noisy ellipse, changing along z (compresses like an image, not like zeros)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
-    inside = (x ** 2 + (y / 0.8) ** 2 < 0.7)[..., None]
-    z = np.arange(shape[2], dtype=np.float32)
-    return np.where(inside, 100.0 + 60.0 * np.sin(z / 5.0) + rng.normal(0, 30, shape),
-                    0.0).astype(np.float32)
+    return volume_like(shape, seed)
 
 
 def save(path, data, affine=AFFINES["ras"], dtype=np.float32, scaling=None, endian="<",

@@ -16,7 +16,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import TINY, save_tiny_run
+from conftest import TINY, head_like, save_tiny_run
 
 from keras_vaegan.config import Config
 from keras_vaegan.data import nifti_stream, volumes
@@ -32,14 +32,6 @@ AFFINES = {
 }
 
 
-def head_like(shape, seed=0) -> np.ndarray:
-    """Air around a noisy ellipse that changes along z (file order x, y, z)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
-    inside = (x ** 2 + (y / 0.8) ** 2 < 0.7)[..., None]
-    z = np.arange(shape[2], dtype=np.float32)
-    return np.where(inside, 400.0 + 100.0 * np.sin(z / 9.0) + rng.normal(0, 30, shape),
-                    0.0).astype(np.float32)
 
 
 def save(path, data, affine=AFFINES["ras"]):

@@ -15,6 +15,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import TINY
+from conftest import head_like as volume_like
 
 from keras_vaegan.config import Config
 from keras_vaegan.data import nifti, units, volumes
@@ -50,13 +51,7 @@ def peak_of(call, *args, **kwargs):
 
 
 def head_like(shape=SHAPE, seed=0) -> np.ndarray:
-    """Air around a noisy ellipse, changing along z (compresses like an image, not like zeros)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
-    inside = (x ** 2 + (y / 0.8) ** 2 < 0.7)[..., None]
-    z = np.arange(shape[2], dtype=np.float32)
-    return np.where(inside, 400.0 + 100.0 * np.sin(z / 9.0) + rng.normal(0, 30, shape),
-                    0.0).astype(np.float32)
+    return volume_like(shape, seed)
 
 
 AFFINES = {
