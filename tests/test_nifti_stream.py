@@ -69,6 +69,15 @@ KINDS = {
 NIBABEL_3D = ["anatomical.nii", "reoriented_anat_moved.nii"]  # nibabel's own test images
 
 
+def assert_same_refusal(path) -> None:
+    """open_nifti refuses ``path`` with read_nifti's message, word for word."""
+    with pytest.raises(VAEGANError) as whole:
+        nifti.read_nifti(path, "mri")
+    with pytest.raises(VAEGANError) as lazy:
+        open_nifti(path, "mri")
+    assert str(lazy.value) == str(whole.value)
+
+
 def head_like(shape=SHAPE, seed=0) -> np.ndarray:
     return volume_like(shape, seed)
 
@@ -232,11 +241,7 @@ REFUSED = {  # name: (data, stored type) that read_nifti refuses from the header
 def test_same_refusals_as_read_nifti(tmp_path, name):
     data, dtype = REFUSED[name]
     path = save(tmp_path / "v.nii.gz", data, dtype=dtype)
-    with pytest.raises(VAEGANError) as whole:
-        nifti.read_nifti(path, "mri")
-    with pytest.raises(VAEGANError) as lazy:
-        open_nifti(path, "mri")
-    assert str(lazy.value) == str(whole.value)
+    assert_same_refusal(path)
 
 
 @pytest.mark.parametrize("name", ["example4d.nii.gz", "example_nifti2.nii.gz", "standard.nii.gz"])
@@ -244,22 +249,14 @@ def test_same_refusals_of_nibabels_own_images(name):
     from nibabel.testing import data_path
 
     path = os.path.join(data_path, name)
-    with pytest.raises(VAEGANError) as whole:
-        nifti.read_nifti(path, "mri")
-    with pytest.raises(VAEGANError) as lazy:
-        open_nifti(path, "mri")
-    assert str(lazy.value) == str(whole.value)
+    assert_same_refusal(path)
 
 
 def test_empty_and_missing_files_refused_like_read_nifti(tmp_path):
     empty = tmp_path / "empty.nii.gz"
     empty.write_bytes(b"")
     for path in (str(empty), str(tmp_path / "missing.nii")):
-        with pytest.raises(VAEGANError) as whole:
-            nifti.read_nifti(path, "mri")
-        with pytest.raises(VAEGANError) as lazy:
-            open_nifti(path, "mri")
-        assert str(lazy.value) == str(whole.value)
+        assert_same_refusal(path)
 
 
 @pytest.mark.parametrize("kind", ["float32_gz", "z_down_gz", "float32_nii"])
