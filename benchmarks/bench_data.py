@@ -104,11 +104,11 @@ def child(args) -> None:
     import keras
     from bench_train import input_wait_fraction, pipeline_and_in_memory_steps
 
+    from keras_vaegan.backends.precision import apply_precision
     from keras_vaegan.config import Config
     from keras_vaegan.data.pipeline import make_training_dataset
     from keras_vaegan.data.training_data import load_training_data
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
-    from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(args.mixed_precision)
     config = Config(image_size=args.image_size, batch_size=args.batch_size,

@@ -18,7 +18,8 @@ In this process it then times, in turn (a, b, c, a, b, c... so that load
 from other jobs hits all three alike): one batch through the compiled
 forward pass (``inference.compiled``), one through the SavedModel, and the
 3x3 conv peak (``bench_peak.peak_probe``: compiled, in the run's
-precision). It reports ``flops_per_slice`` and, for each way, slices/s,
+precision). Every one of them (``predict``, the export, the compiled pass)
+computes in ``--mixed-precision`` (``predict --mixed-precision``). It reports ``flops_per_slice`` and, for each way, slices/s,
 GFLOP/s and ``fraction_of_peak`` against that peak. results/peak-*.json is
 never read.
 
@@ -50,7 +51,7 @@ IN_PROCESS = r"""
 import json, sys, time
 t = time.perf_counter()
 from keras_vaegan.inference.predict import load_run, predict
-run = load_run(sys.argv[3])
+run = load_run(sys.argv[3], precision=sys.argv[5])
 call = time.perf_counter()
 written = predict(sys.argv[1], sys.argv[2], run=run, batch_size=int(sys.argv[4]), overwrite=True)
 end = time.perf_counter()
@@ -112,7 +113,7 @@ def make_volume(path: str, size: int, slices: int) -> None:
 
 
 def make_run(folder: str) -> str:
-    """A default-config run (the global dtype policy decides its compute precision)."""
+    """A default-config run (untrained; what it computes in is chosen when it is loaded)."""
     from keras_vaegan.config import Config
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
@@ -143,7 +144,8 @@ def interleaved(runs: dict, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def forward_calls(run: str, exported: str, image_size: int, batch_size: int) -> dict:
+def forward_calls(run: str, exported: str, image_size: int, batch_size: int,
+                  precision: str) -> dict:
     """One batch through the compiled pass, and through the SavedModel, as calls.
 
     The SavedModel takes raw intensities and maps units in its graph; the
@@ -155,7 +157,7 @@ def forward_calls(run: str, exported: str, image_size: int, batch_size: int) -> 
     from keras_vaegan.inference.compiled import compiled_translation
     from keras_vaegan.inference.runs import load_run
 
-    model = load_run(run).model
+    model = load_run(run, precision).model
     translate = compiled_translation(model, "mri2ct", (batch_size, image_size, image_size),
                                      sample=False)
     serve = tf.saved_model.load(exported).signatures["serving_default"]
@@ -181,8 +183,8 @@ def speed(run: str, exported: str, policy: str, args, in_process: dict, served: 
     flops = inference_flops_per_image(config, args.image_size)
     peak_call, peak_flops, described = peak_probe(policy, args.image_size, args.batch_size)
     repeats = 2 * args.repeats + 1
-    seconds = interleaved({"peak": peak_call, **forward_calls(run, exported, args.image_size,
-                                                              args.batch_size)}, repeats)
+    calls = forward_calls(run, exported, args.image_size, args.batch_size, args.mixed_precision)
+    seconds = interleaved({"peak": peak_call, **calls}, repeats)
     peak = peak_record(peak_flops / seconds["peak"] / 1e9, described, repeats)
     result = {"flops_per_slice": flops}
     for name, slices_per_s in (
@@ -208,7 +210,7 @@ def main() -> None:
     parser.add_argument("--volumes", help="folder keeping the phantom volumes between runs "
                                           "(default: made afresh in a temporary folder)")
     args = parser.parse_args()
-    from keras_vaegan.training.precision import apply_precision
+    from keras_vaegan.backends.precision import apply_precision
 
     policy = apply_precision(args.mixed_precision)
     started = time.time()
@@ -224,10 +226,11 @@ def main() -> None:
         run = args.model or make_run(os.path.join(tmp, "run"))
         from keras_vaegan.inference.export import export_run
 
-        exported = export_run(run, os.path.join(tmp, "export"))
+        exported = export_run(run, os.path.join(tmp, "export"), precision=args.mixed_precision)
         out = os.path.join(tmp, "out")
-        in_process = median_of(IN_PROCESS, args.repeats, volume, out, run, args.batch_size)
-        halved = run_python(IN_PROCESS, small, out, run, args.batch_size)
+        in_process = median_of(IN_PROCESS, args.repeats, volume, out, run, args.batch_size,
+                               args.mixed_precision)
+        halved = run_python(IN_PROCESS, small, out, run, args.batch_size, args.mixed_precision)
         served = median_of(SAVED_MODEL, args.repeats, volume, exported, args.batch_size,
                            os.path.join(tmp, "served.nii.gz"))
         figures = speed(run, exported, policy, args, in_process, served)

@@ -98,11 +98,11 @@ def main() -> None:
 
     import keras
 
+    from keras_vaegan.backends.precision import apply_precision
     from keras_vaegan.config import Config
     from keras_vaegan.data.pipeline import make_training_dataset
     from keras_vaegan.data.training_data import phantom_training_data
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
-    from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(args.mixed_precision)
     slice_size = args.slice_size or args.image_size

@@ -72,7 +72,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 def machine() -> dict:
     import keras
 
-    from keras_vaegan.training.precision import cpu_has_native_bfloat16
+    from keras_vaegan.backends.precision import cpu_has_native_bfloat16
 
     return {"backend": keras.backend.backend(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),

@@ -374,11 +374,11 @@ def train_paired(config, mri: np.ndarray, ct: np.ndarray, run_dir: str) -> None:
     import keras
     import tensorflow as tf
 
+    from keras_vaegan.backends.precision import apply_precision
     from keras_vaegan.config import CONFIG_FILE, MODEL_FILE
     from keras_vaegan.data.augment import build_augmenter
     from keras_vaegan.models.optimizers import make_optimizers
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
-    from keras_vaegan.training.precision import apply_precision
 
     policy = apply_precision(config.mixed_precision)
     config = config.replace(precision_policy=policy)

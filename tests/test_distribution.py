@@ -15,8 +15,8 @@ import tensorflow as tf
 from conftest import ring_batch
 
 from keras_vaegan.backends.distribution import is_chief_worker
+from keras_vaegan.backends.precision import cpu_has_native_bfloat16, resolve_policy
 from keras_vaegan.models.vaecyclegan import VAECycleGAN
-from keras_vaegan.training.precision import cpu_has_native_bfloat16, resolve_policy
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 OUTER = os.environ.get("KERAS_VAEGAN_INNER_BACKEND_RUN") != "1"
@@ -101,7 +101,7 @@ def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
     assert cpu_has_native_bfloat16(str(flags))
     flags.write_text("flags\t: fpu avx2\n")
     assert not cpu_has_native_bfloat16(str(flags))
-    import keras_vaegan.training.precision as precision
+    import keras_vaegan.backends.precision as precision
 
     monkeypatch.setattr(precision, "accelerator_available", lambda: True)
     assert resolve_policy("auto") == "mixed_float16"

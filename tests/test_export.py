@@ -16,6 +16,7 @@ from test_cli import assert_one_error_line, cli
 from keras_vaegan.config import Config
 from keras_vaegan.data import units
 from keras_vaegan.data.phantom import make_slices
+from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.export import export_run, robust_range
 from keras_vaegan.inference.predict import predict
 
@@ -209,3 +210,30 @@ def test_onnx_export_matches_the_saved_model(run_dir, exported, phantom_slices, 
         onnx_out = session.run(None, {"images": batch})[0]
         tf_out = saved.signatures[signature](images=tf.constant(batch))["translated"].numpy()
         assert np.abs(onnx_out - tf_out).max() <= 1.0
+
+
+def test_bfloat16_export_serves_what_bfloat16_predict_writes(run_dir, exported, phantom_slices,
+                                                             tmp_path):
+    import tensorflow as tf
+
+    mri, _ = phantom_slices
+    path = export_run(str(run_dir), str(tmp_path / "bf16"), samples=2, precision="bfloat16")
+    served = {}
+    for name, folder in (("bf16", path), ("f32", str(exported / "1"))):
+        serve = tf.saved_model.load(folder).signatures["serving_default"]
+        served[name] = serve(images=tf.constant(mri[..., None]))["translated"].numpy()[..., 0]
+    inputs = tmp_path / "mri"
+    inputs.mkdir()
+    for k, image in enumerate(mri):
+        np.save(inputs / f"s{k}.npy", image)
+    predict(inputs, tmp_path / "out", run=str(run_dir), fmt="npy", precision="bfloat16")
+    written = np.stack([np.load(tmp_path / "out" / f"s{k}.npy") for k in range(len(mri))])
+    assert np.abs(served["bf16"] - served["f32"]).max() > 0  # the graph computes in bf16
+    gap = np.abs(served["bf16"] - written)
+    # bf16 graphs round differently (fused norms in predict) but far less than bf16 vs f32
+    assert gap.mean() < 0.5 * np.abs(served["f32"] - written).mean(), (
+        gap.mean(), np.abs(served["f32"] - written).mean())
+
+    with pytest.raises(VAEGANError, match="ONNX export is float32 only"):
+        export_run(str(run_dir), str(tmp_path / "onnx"), fmt="onnx", precision="bfloat16")
+    assert not (tmp_path / "onnx").exists()

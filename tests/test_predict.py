@@ -422,3 +422,33 @@ def test_instance_norms_traced_as_fused_batch_norms_give_the_same_values(batch):
     for got, want in zip(fused_grads, plain_grads):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=1e-3)
     assert np.abs(plain.numpy().mean(axis=(1, 2)) - norm.beta.numpy()).max() < 1e-4
+
+
+def test_mixed_precision_predict_computes_in_bfloat16_close_to_float32(mri_folder, tmp_path,
+                                                                       run_dir, loaded):
+    """``precision`` loads the model in that policy for this call only; float32 stays the default."""
+    import keras
+
+    policy_before = keras.mixed_precision.global_policy().name
+    fast = load_run(str(run_dir), precision="bfloat16")
+    assert fast.policy == "mixed_bfloat16" and loaded.policy == "float32"
+    convs = [layer for layer in fast.model.g_ct._flatten_layers()
+             if isinstance(layer, keras.layers.Conv2D)]
+    assert convs[0].compute_dtype == "bfloat16"  # the stem; the latent and the head stay float32
+    assert sum(layer.compute_dtype == "bfloat16" for layer in convs) > len(convs) // 2
+    assert keras.mixed_precision.global_policy().name == policy_before  # the process unchanged
+
+    outputs = {}
+    for name, precision in (("f32", None), ("bf16", "bfloat16")):
+        out = tmp_path / name
+        predict(mri_folder, out, run=str(run_dir), fmt="npy", precision=precision)
+        outputs[name] = np.load(out / "a.npy")
+    gap = np.abs(outputs["bf16"] - outputs["f32"])
+    assert gap.max() > 0  # really computed in another precision
+    assert gap.mean() < 10.0, gap.mean()  # HU; bf16 keeps 8 bits of mantissa
+    assert keras.mixed_precision.global_policy().name == policy_before
+
+    # a run loaded already is used as loaded: asking for another precision is refused
+    with pytest.raises(VAEGANError, match="loaded as float32, not mixed_bfloat16"):
+        predict(mri_folder, tmp_path / "refused", run=loaded, fmt="npy", precision="bfloat16")
+    assert not (tmp_path / "refused").exists()

@@ -54,7 +54,8 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
              mask_path: str | os.PathLike | None = None, run=None,
              prediction_path: str | os.PathLike | None = None,
              json_path: str | os.PathLike | None = None, batch_size: int = 4,
-             progress: Progress | None = None, ssim_mode: str = DEFAULT_SSIM) -> dict:
+             progress: Progress | None = None, ssim_mode: str = DEFAULT_SSIM,
+             precision: str | None = None) -> dict:
     """Score synthetic CT against reference CT per subject; return the results (and write JSON).
 
     ``input_path``: MRI to translate with ``run`` (a ``LoadedRun``, a run
@@ -62,7 +63,8 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     CT already made (HU). ``mask_path``: masks (paired like the images);
     without it, a SynthRAD ``mask`` image in the reference folder or beside
     the reference file is used, else the body mask reference > -500 HU.
-    ``ssim_mode``: "synthrad" (default) or "2d". ``progress(done, total)`` is
+    ``ssim_mode``: "synthrad" (default) or "2d". ``precision``: what the
+    model computes in (``load_run``; default float32). ``progress(done, total)`` is
     called after each subject. Returns ``{"subjects": [...], "mean": {...},
     "conventions": {...}}``.
     """
@@ -78,7 +80,7 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
         check_writable(json_path)  # before the work, not after it
     subjects = pair_subjects(reference_path, input_path=input_path,
                              prediction_path=prediction_path, mask_path=mask_path)
-    loaded = None if prediction_path is not None else _load_hu_run(run)
+    loaded = None if prediction_path is not None else _load_hu_run(run, precision)
     rows = []
     for done, subject in enumerate(subjects, start=1):
         rows.append(_score_subject(subject, loaded, batch_size, ssim_mode))
@@ -90,10 +92,10 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     return results
 
 
-def _load_hu_run(run):
-    from keras_vaegan.inference.runs import LoadedRun, load_run
+def _load_hu_run(run, precision: str | None):
+    from keras_vaegan.inference.runs import run_for
 
-    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    loaded = run_for(run, precision)
     if loaded.config.ct_units != "hu":
         raise VAEGANError(loaded.run_dir, "this run was trained on 8-bit CT, which holds no "
                                           "Hounsfield units; evaluate needs a run trained on HU")

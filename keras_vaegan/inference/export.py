@@ -71,9 +71,11 @@ _RESULT_TAG = "keras-vaegan-export-result: "
 
 def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
                version: int | None = None, *, samples: int = DEFAULT_SAMPLES,
-               fmt: str = "savedmodel") -> str:
+               fmt: str = "savedmodel", precision: str = "off") -> str:
     """Export the run in ``run_dir`` (None: newest under savedmodels/) to ``output/N``; return that path.
 
+    ``precision`` is what the exported graph computes in (``load_run``;
+    default float32).
     ``N`` defaults to one more than the highest integer version folder in
     ``output``; an existing version is never overwritten. The version is
     written under a temporary name beside it and renamed when complete.
@@ -82,6 +84,8 @@ def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
         raise VAEGANError(None, f"unknown export format '{fmt}' (one of {', '.join(FORMATS)})")
     if isinstance(samples, bool) or int(samples) != samples or samples < 2:
         raise VAEGANError(None, f"samples must be a whole number >= 2, got {samples}")
+    if fmt == "onnx" and precision != "off":
+        raise VAEGANError(None, "ONNX export is float32 only (--mixed-precision off)")
     if version is not None and (isinstance(version, bool) or int(version) != version
                                 or version < 1):
         raise VAEGANError(None, f"version must be a whole number >= 1, got {version}")
@@ -98,11 +102,12 @@ def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow_process(run_dir, output, version, int(samples), fmt)
+        return _export_in_tensorflow_process(run_dir, output, version, int(samples), fmt,
+                                             precision)
 
     from keras_vaegan.inference.runs import load_run
 
-    run = load_run(run_dir)  # a missing or broken run fails before anything is created
+    run = load_run(run_dir, precision)  # a missing or broken run fails before anything is created
     final = os.path.join(output, str(_next_version(output) if version is None else int(version)))
     _refuse_existing(final)
     try:
@@ -460,10 +465,11 @@ def _refuse_existing(final: str) -> None:
 # --- other backends ---------------------------------------------------------------------
 
 
-def _export_in_tensorflow_process(run_dir, output: str, version, samples: int, fmt: str) -> str:
+def _export_in_tensorflow_process(run_dir, output: str, version, samples: int, fmt: str,
+                                  precision: str) -> str:
     """Re-run the export with KERAS_BACKEND=tensorflow (the SavedModel is a TensorFlow graph)."""
     request = {"run_dir": None if run_dir is None else os.fspath(run_dir), "output": output,
-               "version": version, "samples": samples, "fmt": fmt}
+               "version": version, "samples": samples, "fmt": fmt, "precision": precision}
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = subprocess.run([sys.executable, "-m", "keras_vaegan.inference.export",
@@ -491,7 +497,8 @@ def _main(argv: list[str]) -> int:
         return 2
     try:
         path = export_run(request["run_dir"], request["output"], request["version"],
-                          samples=request["samples"], fmt=request["fmt"])
+                          samples=request["samples"], fmt=request["fmt"],
+                          precision=request["precision"])
     except VAEGANError as err:
         print(_RESULT_TAG + json.dumps({"error": {"path": err.path, "reason": err.reason}}))
         return 2

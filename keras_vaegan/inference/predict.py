@@ -44,7 +44,7 @@ from keras_vaegan.inference.predict_plan import (
     find_prediction_inputs,
     plan_prediction,
 )
-from keras_vaegan.inference.runs import LoadedRun, find_newest_run, load_run
+from keras_vaegan.inference.runs import LoadedRun, find_newest_run, load_run, run_for
 from keras_vaegan.inference.staging import StagedOutputs
 from keras_vaegan.inference.translate import (
     DIRECTIONS,
@@ -82,7 +82,8 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             run: LoadedRun | str | os.PathLike | None = None, direction: str = "mri2ct",
             samples: int = 1, fmt: str = "same", batch_size: int = 4,
             progress: Progress | None = None, overwrite: bool = False,
-            on_bad: readers.BadFileHandler | None = None) -> list[str]:
+            on_bad: readers.BadFileHandler | None = None,
+            precision: str | None = None) -> list[str]:
     """Translate every slice and volume under ``input_path`` into ``output_dir``; return the paths.
 
     Before the model is loaded, the options and the output folder are
@@ -93,6 +94,7 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     Nothing is written in the output folder unless every input is
     translated, or, with ``on_bad``, left out as bad (reported to it).
     ``progress(done, total)`` is called as slices are translated.
+    ``precision``: what the model computes in (``load_run``; default float32).
     """
     if isinstance(progress, bool):  # the old on/off flag: the library no longer prints
         progress = None
@@ -100,8 +102,7 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
     check_output_folder(output_dir)
     inputs = find_prediction_inputs(input_path, direction, fmt, on_bad)
-    if not isinstance(run, LoadedRun):
-        run = load_run(run)
+    run = run_for(run, precision)
     plan = plan_prediction(inputs, output_dir, config=run.config,
                            stride=int(run.model.total_stride), direction=direction, fmt=fmt,
                            samples=samples, overwrite=overwrite, on_bad=on_bad)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from keras_vaegan.backends.precision import policy_scope, resolve_policy
 from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.errors import VAEGANError
 
@@ -27,6 +28,7 @@ class LoadedRun:
     model: object  # VAECycleGAN
     config: Config
     run_dir: str
+    policy: str = "float32"  # the dtype policy the loaded model computes in (``load_run``)
 
 
 def is_run(folder: str | os.PathLike) -> bool:
@@ -58,10 +60,13 @@ def find_newest_run(root: str | os.PathLike = DEFAULT_RUNS_ROOT) -> str:
     return newest[1]
 
 
-def load_run(run_dir: str | os.PathLike | None = None) -> LoadedRun:
+def load_run(run_dir: str | os.PathLike | None = None, precision: str = "off") -> LoadedRun:
     """Load a run's config.json and model.keras (``None``: the newest run under savedmodels/).
 
-    A path to the ``model.keras`` file itself is accepted too.
+    A path to the ``model.keras`` file itself is accepted too. ``precision``
+    (a ``--mixed-precision`` value) is what the loaded model computes in,
+    whatever it trained with: ``off`` (float32, the default: the values do not
+    depend on the CPU), ``bfloat16``, ``float16`` or ``auto``.
     """
     if run_dir is None:
         run_dir = find_newest_run()
@@ -80,8 +85,26 @@ def load_run(run_dir: str | os.PathLike | None = None) -> LoadedRun:
             raise VAEGANError(run_dir, f"not a trained run (no {os.path.basename(path)}); "
                                        "train one with `python cli.py fit`")
     config = Config.load(config_path, saved_run=True)
-    model = _load_model(model_path)
-    return LoadedRun(model=model, config=config, run_dir=run_dir)
+    with policy_scope(precision) as policy:
+        model = _load_model(model_path)
+    return LoadedRun(model=model, config=config, run_dir=run_dir, policy=policy)
+
+
+def run_for(run: LoadedRun | str | os.PathLike | None, precision: str | None) -> LoadedRun:
+    """``run`` loaded in ``precision`` (None: float32), or as given when it is loaded already.
+
+    A loaded run is used as it was loaded; asking for another precision is an
+    error rather than a silent reload.
+    """
+    if not isinstance(run, LoadedRun):
+        return load_run(run, precision or "off")
+    if precision is not None:
+        wanted = resolve_policy(precision)
+        if wanted != run.policy:
+            raise VAEGANError(run.run_dir, f"this run was loaded as {run.policy}, not {wanted}; "
+                                           f"load it with load_run(..., precision="
+                                           f"{precision!r})")
+    return run
 
 
 def _load_model(path: str):

@@ -17,6 +17,7 @@ import sys
 import keras
 
 from keras_vaegan.backends.distribution import setup_distribution, worker_failures_as_errors
+from keras_vaegan.backends.precision import apply_precision
 from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
 from keras_vaegan.data.pipeline import make_training_dataset, make_validation_batch
 from keras_vaegan.data.slice_cache import cache_root
@@ -33,7 +34,6 @@ from keras_vaegan.training.callbacks import (
     restore_checkpoint,
 )
 from keras_vaegan.training.faults import FaultPoint
-from keras_vaegan.training.precision import apply_precision
 
 
 def default_run_dir(root: str = "savedmodels") -> str:

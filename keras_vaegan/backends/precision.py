@@ -1,4 +1,4 @@
-"""Choose and set the Keras dtype policy for ``--mixed-precision``.
+"""Choose and set the Keras dtype policy for ``--mixed-precision`` (training and inference).
 
 Variables stay float32 under every mixed policy; generator outputs,
 discriminator heads and losses are float32 by construction (their layers
@@ -8,6 +8,9 @@ are created with ``dtype="float32"``; the losses cast). Under
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import keras
 
@@ -52,3 +55,20 @@ def apply_precision(mode: str) -> str:
     policy = resolve_policy(mode)
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def policy_scope(mode: str) -> Iterator[str]:
+    """The policy for ``mode`` while the block runs (e.g. while a model is loaded), then the old one.
+
+    A loaded model's layers take the global policy in force when they are
+    created, so loading under this scope sets the precision the model computes
+    in without leaving the caller's process changed.
+    """
+    policy = resolve_policy(mode)
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(before)
