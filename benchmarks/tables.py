@@ -354,7 +354,8 @@ TABLES = {
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-k1-seed0", "full", "**defaults (2-D)**"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
-        ("head64-reflect-seed0", "full", "padding=reflect")]),
+        ("head64-reflect-seed0", "full", "padding=reflect"),
+        ("head64-dischp-seed0", "full", "disc_high_pass=true")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
     "speed-train": lambda r: training_speed(r, [
