@@ -336,6 +336,10 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
         click.echo(f"run saved in {run}")
 
 
+# predict, evaluate and export: what the loaded model computes in (``load_run``)
+INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about twice as fast on a CPU with native bf16; HU differ slightly; ONNX export is float32 only).")
+
+
 @main.command()
 @click.option("--input", "input_path", required=True, type=click.Path(), help="Slice, NIfTI or DICOM file, or a folder (searched recursively; DICOM grouped by series).")
 @click.option("--output", "output_dir", required=True, type=click.Path(), help="Folder for the outputs (slices; NIfTI files; DICOM series folders).")
@@ -346,7 +350,7 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass (fewer for big slices: at most 2048x2048 pixels a pass).")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable or invalid input files (one warning each) instead of stopping.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist (inputs are never overwritten).")
-@click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about twice as fast on a CPU with native bf16; HU differ slightly).")
+@INFERENCE_PRECISION
 @user_errors
 def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_size, skip_bad,
             overwrite, precision):
@@ -382,7 +386,7 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results to this JSON file.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
 @click.option("--ssim", "ssim_mode", type=click.Choice(SSIM_MODES), default=DEFAULT_SSIM, show_default=True, help="synthrad: the SynthRAD challenge's 3-D SSIM (7-voxel uniform window, scikit-image's computation), comparable with published sCT results; 2d: gaussian SSIM per axial slice (this tool's earlier numbers).")
-@click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about twice as fast on a CPU with native bf16; HU differ slightly).")
+@INFERENCE_PRECISION
 @user_errors
 def evaluate(input_path, reference_path, mask_path, model_path, prediction_path, json_path,
              batch_size, ssim_mode, precision):
@@ -412,7 +416,7 @@ def evaluate(input_path, reference_path, mask_path, model_path, prediction_path,
 @click.option("--version", "version", type=click.IntRange(min=1), help="Version number (default: one more than the highest there); never overwritten.")
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx"]), default="savedmodel", show_default=True, help="TF Serving SavedModel, or ONNX (mri2ct.onnx, ct2mri.onnx; needs the [onnx] extra).")
 @click.option("--samples", type=click.IntRange(min=2), default=8, show_default=True, help="Latent draws of the mri2ct_uncertainty signature (SavedModel only).")
-@click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the exported graph computes in (as for predict; SavedModel only).")
+@INFERENCE_PRECISION
 @user_errors
 def export(model_path, output, version, fmt, samples, precision):
     """Export a run for serving: normalisation, padding and units inside the graph."""

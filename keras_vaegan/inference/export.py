@@ -74,11 +74,11 @@ def export_run(run_dir: str | os.PathLike | None, output: str | os.PathLike,
                fmt: str = "savedmodel", precision: str = "off") -> str:
     """Export the run in ``run_dir`` (None: newest under savedmodels/) to ``output/N``; return that path.
 
-    ``precision`` is what the exported graph computes in (``load_run``;
-    default float32).
     ``N`` defaults to one more than the highest integer version folder in
     ``output``; an existing version is never overwritten. The version is
     written under a temporary name beside it and renamed when complete.
+    ``precision`` is what the exported graph computes in (``load_run``;
+    default float32).
     """
     if fmt not in FORMATS:
         raise VAEGANError(None, f"unknown export format '{fmt}' (one of {', '.join(FORMATS)})")
