@@ -88,7 +88,8 @@ def test_predict_fraction_is_of_the_peak_measured_in_the_same_run(measured, monk
     monkeypatch.setattr(bench_predict, "interleaved",  # seconds per call, as measured
                         lambda runs, repeats: {"peak": 1.0, "forward": 0.5,
                                                "savedmodel_forward": 1.0})
-    args = argparse.Namespace(image_size=64, batch_size=2, repeats=1, slices=10)
+    args = argparse.Namespace(image_size=64, batch_size=2, repeats=1, slices=10,
+                              mixed_precision="bfloat16")
     report = bench_predict.speed(str(run), "exported", "mixed_bfloat16", args,
                                  in_process={"call_seconds": 2.0, "seconds": 4.0},
                                  served={"call_seconds": 4.0, "seconds": 8.0})
