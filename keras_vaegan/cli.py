@@ -337,7 +337,7 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 
 
 # predict, evaluate and export: what the loaded model computes in (``load_run``)
-INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about twice as fast on a CPU with native bf16; HU differ slightly; ONNX export is float32 only).")
+INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about 1.7x as fast on a CPU with native bf16; HU differ slightly; ONNX export is float32 only).")
 
 
 @main.command()
@@ -402,7 +402,7 @@ def evaluate(input_path, reference_path, mask_path, model_path, prediction_path,
         results = run_evaluate(input_path, reference_path, mask_path=mask_path, run=model_path,
                                prediction_path=prediction_path, json_path=json_path,
                                batch_size=batch_size, progress=bar, ssim_mode=ssim_mode,
-                               precision=None if prediction_path else precision)
+                               precision=precision)
     finally:
         bar.close()
     click.echo(format_table(results))
