@@ -20,8 +20,8 @@ forward pass (``inference.compiled``), one through the SavedModel, and the
 3x3 conv peak (``bench_peak.peak_probe``: compiled, in the run's
 precision). Every one of them (``predict``, the export, the compiled pass)
 computes in ``--mixed-precision`` (``predict --mixed-precision``). It
-reports ``flops_per_slice`` and, for each way, slices/s, GFLOP/s and ``fraction_of_peak`` against that peak. results/peak-*.json is
-never read.
+reports ``flops_per_slice`` and, for each way, slices/s, GFLOP/s and
+``fraction_of_peak`` against that peak. results/peak-*.json is never read.
 
     python benchmarks/bench_predict.py [--image-size 256] [--slices 200] [--batch-size 8] \
         [--mixed-precision bfloat16] [--repeats 3]
