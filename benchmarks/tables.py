@@ -288,6 +288,7 @@ TABLES = {
         ("subjects96-long-seed0", "full", "defaults, 96 training subjects, long"),
         ("s20-lanczos-seed0", "full", "augment_resampling lanczos"),
         ("tune-reflect-seed0", "full", "padding=reflect"),
+        ("tune-dischp-seed0", "full", "disc_high_pass=true"),
         PAIRED]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
         ("defaults", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
@@ -296,6 +297,7 @@ TABLES = {
         ("latent 1/1", "mae_bias", [("tune-ld1-seed0", "full")]),
         ("long (4,000)", "mae_bias", [("long4000-ld2-seed0", "full")]),
         ("padding=reflect", "mae_bias", [("tune-reflect-seed0", "full")]),
+        ("disc_high_pass", "mae_bias", [("tune-dischp-seed0", "full")]),
         ("paired reference", "mae_bias", [("reference-seed0", "paired")])]),
     "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
                                                  ("ablate-ld2-seed1", "seed 1")]),
@@ -353,9 +355,11 @@ TABLES = {
         ("head64-600-k1-seed0", "full", "defaults (2-D)"),
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-k1-seed0", "full", "**defaults (2-D)**"),
+        ("head64-k1-seed1", "full", "**defaults (2-D)**"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-reflect-seed0", "full", "padding=reflect"),
-        ("head64-dischp-seed0", "full", "disc_high_pass=true")]),
+        ("head64-dischp-seed0", "full", "disc_high_pass=true"),
+        ("head64-dischp-seed1", "full", "disc_high_pass=true")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
     "speed-train": lambda r: training_speed(r, [
