@@ -359,7 +359,9 @@ TABLES = {
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-reflect-seed0", "full", "padding=reflect"),
         ("head64-dischp-seed0", "full", "disc_high_pass=true"),
-        ("head64-dischp-seed1", "full", "disc_high_pass=true")]),
+        ("head64-dischp-seed1", "full", "disc_high_pass=true"),
+        ("head64-scales3-seed0", "full", "structure_scales=3"),
+        ("head64-paired-seed0", "paired", "*paired reference (told the answer)*")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
     "speed-train": lambda r: training_speed(r, [
