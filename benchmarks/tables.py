@@ -289,6 +289,7 @@ TABLES = {
         ("s20-lanczos-seed0", "full", "augment_resampling lanczos"),
         ("tune-reflect-seed0", "full", "padding=reflect"),
         ("tune-dischp-seed0", "full", "disc_high_pass=true"),
+        ("tune-scales3-seed0", "full", "structure_scales=3"),
         PAIRED]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
         ("defaults", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
