@@ -53,11 +53,18 @@ def discriminator_forward_flops(config: Config, side: int) -> int:
     return flops
 
 
+def generator_passes(config: Config) -> int:
+    """Generator passes per training step (both generators): translation, cycle, identity."""
+    return 6 if config.lambda_identity > 0 else 4
+
+
+DISCRIMINATOR_PASSES = 6  # both discriminators: 2 fakes for the generators, real + pooled each
+
+
 def training_flops_per_image(config: Config) -> int:
     side = config.image_size
-    generator_passes = 6 if config.lambda_identity > 0 else 4
-    return (3 * generator_passes * generator_forward_flops(config, side)
-            + 2 * 6 * discriminator_forward_flops(config, side))
+    return (3 * generator_passes(config) * generator_forward_flops(config, side)
+            + 2 * DISCRIMINATOR_PASSES * discriminator_forward_flops(config, side))
 
 
 def inference_flops_per_image(config: Config, side: int) -> int:

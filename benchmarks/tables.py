@@ -192,6 +192,29 @@ def peak_speed(results: Results, names: list[str]) -> str:
                       "bfloat16 GFLOP/s (matmul / conv)", "reproduce"], rows)
 
 
+def conv_ceiling(results: Results, name: str, layers: int = 8) -> str:
+    """bench_convs.py: the step's conv-only bound, then the layers that weigh most in it."""
+    r = results(f"convs-{name}")
+    precision = {"float32": "off"}.get(r["policy"], r["policy"].removeprefix("mixed_"))
+    command = (f"`KERAS_BACKEND={r['backend']} python benchmarks/bench_convs.py --image-size "
+               f"{r['image_size']} --batch-size {r['batch_size']} --mixed-precision {precision} "
+               f"--repeats {r['repeats']}`")
+    rows = [[f"**all {len(r['layers'])}, alone** ({r['conv_gflop_per_step']:.0f} GFLOP per "
+             f"step of {r['batch_size']})", "", "",
+             f"{r['conv_only_gflops']:.0f} over the step: **{100 * r['conv_ceiling_fraction']:.0f} %"
+             f"** of the peak ({r['peak_gflops']:.0f})", "100 %"]]
+    for layer in r["layers"][:layers]:
+        speed = layer["gflops_per_s"]
+        rows.append([f"`{layer['layer']}`", "x".join(str(d) for d in layer["input"][1:]),
+                     "{}x{}, {}->{}".format(*layer["kernel"])
+                     + (f", stride {layer['strides'][0]}" if layer["strides"][0] > 1 else ""),
+                     f"{speed['forward']:.0f} / {speed['input_grad']:.0f} / "
+                     f"{speed['weight_grad']:.0f}", f"{100 * layer['share_of_step']:.1f} %"])
+    return (_markdown(["convolutions", "input (HxWxC)", "kernel",
+                       "GFLOP/s: forward / input grad / weight grad", "share of conv time"], rows)
+            + f"\nReproduce: {command}\n")
+
+
 def predict_speed(results: Results, names: list[str]) -> str:
     rows = []
     for name in names:
@@ -289,6 +312,7 @@ TABLES = {
         ("s20-lanczos-seed0", "full", "augment_resampling lanczos"),
         ("tune-reflect-seed0", "full", "padding=reflect"),
         ("tune-dischp-seed0", "full", "disc_high_pass=true"),
+        ("tune-dischp-seed1", "full", "disc_high_pass=true"),
         ("tune-scales3-seed0", "full", "structure_scales=3"),
         PAIRED]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
@@ -357,6 +381,7 @@ TABLES = {
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-k1-seed0", "full", "**defaults (2-D)**"),
         ("head64-k1-seed1", "full", "**defaults (2-D)**"),
+        ("head64-k1-seed0", "no_kl", "no_kl (deterministic latent)"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-reflect-seed0", "full", "padding=reflect"),
         ("head64-dischp-seed0", "full", "disc_high_pass=true"),
@@ -372,6 +397,7 @@ TABLES = {
         "tensorflow-float32-128px-b4-xla",
         "jax-mixed_bfloat16-128px-b4", "torch-mixed_bfloat16-128px-b4",
         "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos"]),
+    "speed-convs": lambda r: conv_ceiling(r, "tensorflow-mixed_bfloat16-256px-b4"),
     "speed-predict": lambda r: predict_speed(r, ["tensorflow-mixed_bfloat16-256px"]),
     "speed-predict-forward": lambda r: predict_forward(r, ["tensorflow-mixed_bfloat16-256px"]),
     "speed-data": lambda r: data_scale(r, "bench-data"),

@@ -17,6 +17,7 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
+import bench_convs  # noqa: E402
 import bench_peak  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_train  # noqa: E402
@@ -100,6 +101,51 @@ def test_predict_fraction_is_of_the_peak_measured_in_the_same_run(measured, monk
     assert report["forward_fraction_of_peak"] == round(flops * 2 / 0.5 / 1e9 / MEASURED, 3)
     assert report["in_process_fraction_of_peak"] == round(flops * 10 / 4.0 / 1e9 / MEASURED, 3)
     assert _no_peak_file_read(opened), opened
+
+
+@pytest.mark.parametrize("identity", [0.0, 0.5])
+def test_conv_ceiling_times_every_conv_of_the_step_as_flops_counts_them(measured, monkeypatch,
+                                                                        identity):
+    """bench_convs records each Conv2D of the model with the passes flops.py counts."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("bench_convs times TensorFlow's kernels")
+    calls, opened = measured
+    monkeypatch.setattr(common, "best_seconds", lambda call, repeats: 1.0)
+    config = Config(image_size=32, batch_size=2, lambda_identity=identity)
+    report = bench_convs.conv_ceiling(config, "float32", repeats=1)
+    layers = report["layers"]
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    model = VAECycleGAN(config)
+    model.build()
+    convs = [layer.path.split("/", 1)[1] for net in (model.g_ct, model.d_ct)
+             for layer in net._flatten_layers(include_self=False)
+             if isinstance(layer, keras.layers.Conv2D)]
+    assert sorted(row["layer"] for row in layers) == sorted(convs)
+    # every kernel 'took' one second: the step is the number of kernel runs, in seconds
+    runs = 2 * sum(9 if identity else 6 for row in layers if row["layer"].startswith("g_ct/")) \
+        + 2 * 6 * sum(1 for row in layers if row["layer"].startswith("d_ct/"))
+    assert report["conv_only_step_s"] == runs
+    flops = training_flops_per_image(config) * config.batch_size / 1e9
+    assert report["conv_gflop_per_step"] == pytest.approx(flops, rel=1e-3)
+    assert report["conv_ceiling_fraction"] == pytest.approx(flops / runs / MEASURED, abs=1e-3)
+    assert report["peak_gflops"] == MEASURED and _no_peak_file_read(opened)
+    assert sum(row["share_of_step"] for row in layers) == pytest.approx(1, abs=0.01)
+
+
+def test_conv_kernels_run_at_the_layers_strides_and_padding():
+    """The three kernels bench_convs times take the shapes a strided 'same' layer has."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("bench_convs times TensorFlow's kernels")
+    layer = keras.layers.Conv2D(6, 4, strides=2, padding="same")
+    layer.build((2, 9, 9, 3))
+    seconds = bench_convs.kernel_seconds(layer, (2, 9, 9, 3), "float32", repeats=1)
+    assert set(seconds) == {"forward", "input_grad", "weight_grad"}
+    assert all(value > 0 for value in seconds.values())
 
 
 def test_no_benchmark_reads_a_stored_peak():
