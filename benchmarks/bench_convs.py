@@ -11,10 +11,9 @@ shapes, times its forward, input-gradient and weight-gradient kernels alone
 passes a training step makes (``passes_per_net``, as ``flops.py`` counts
 them: 2 passes of each generator, 3 with the identity term, with all three
 kernels; 3 of each discriminator, one with the input gradient and two with
-the weight gradient). That sum is the step's time if it ran
-nothing but its convolutions, each as fast as it runs alone: no step can
-beat its fraction of the peak, whatever the norms, activations and losses
-cost. Kernels and peak are each the best of ``--repeats`` runs (a bound:
+the weight gradient). That sum is the step's time if it ran nothing but
+its convolutions, each as fast as it runs alone: no step can beat its
+fraction of the peak, whatever the norms, activations and losses cost. Kernels and peak are each the best of ``--repeats`` runs (a bound:
 noise on a shared machine only ever slows a run). Per-layer rows show which
 shapes hold the step below the peak.
 

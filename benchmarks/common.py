@@ -22,7 +22,7 @@ def parser(description: str, image_size: int = 128, batch_size: int = 4, steps: 
     return p
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+def _run_seconds(fn, repeats: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -30,19 +30,16 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    return statistics.median(_run_seconds(fn, repeats, warmup))
 
 
 def best_seconds(fn, repeats: int, warmup: int = 2) -> float:
     """The fastest of repeated runs: for bounds (a peak, a ceiling), which noise only lowers."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(_run_seconds(fn, repeats, warmup))
 
 
 def peak_rss_mb() -> float:

@@ -382,6 +382,7 @@ TABLES = {
         ("head64-k1-seed0", "full", "**defaults (2-D)**"),
         ("head64-k1-seed1", "full", "**defaults (2-D)**"),
         ("head64-k1-seed0", "no_kl", "no_kl (deterministic latent)"),
+        ("head64-k1-seed0", "single_head", "single_head (one discriminator head)"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-reflect-seed0", "full", "padding=reflect"),
         ("head64-dischp-seed0", "full", "disc_high_pass=true"),
