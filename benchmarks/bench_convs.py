@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import common  # noqa: E402
-from flops import DISCRIMINATOR_PASSES, generator_passes  # noqa: E402
+from flops import DISCRIMINATOR_PASSES, conv_flops, generator_passes  # noqa: E402
 
 
 def passes_per_net(config) -> tuple[dict, dict]:
@@ -102,8 +102,8 @@ def conv_rows(net, images, dtype: str, passes: dict, repeats: int) -> list[dict]
     for name, layer, shape in recorded_convs(net, images):
         seconds = kernel_seconds(layer, shape, dtype, repeats)
         k_h, k_w, c_in, c_out = (int(d) for d in layer.kernel.shape)
-        side_out = -(-shape[1] // layer.strides[0])
-        flops = 2 * shape[0] * side_out * side_out * k_h * k_w * c_in * c_out
+        side_out = -(-shape[1] // layer.strides[0])  # square images and kernels, 'same'
+        flops = shape[0] * conv_flops(side_out, k_h, c_in, c_out)
         rows.append({
             "layer": name, "input": list(shape), "kernel": [k_h, k_w, c_in, c_out],
             "strides": list(layer.strides), "forward_gflop": round(flops / 1e9, 3),
@@ -118,11 +118,11 @@ def conv_rows(net, images, dtype: str, passes: dict, repeats: int) -> list[dict]
 def conv_ceiling(config, policy: str, repeats: int) -> dict:
     """The step's conv-only time and GFLOP/s, its fraction of the peak, and the per-layer rows."""
     import keras
-    from bench_peak import fraction_of_peak, peak_probe
+    from bench_peak import compute_dtype, fraction_of_peak, peak_probe
 
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
-    dtype = keras.DTypePolicy(policy).compute_dtype
+    dtype = compute_dtype(policy)
     call, flops, (peak_dtype, peak_shape) = peak_probe(policy, config.image_size,
                                                        config.batch_size)
     peak_seconds = [common.best_seconds(call, repeats)]  # before and after the kernels

@@ -152,8 +152,13 @@ def floors_by_class(results: Results, name: str) -> str:
 
 # ---- speed: every figure with the command that reproduces it ----
 
+def _precision_flag(policy: str) -> str:
+    """The benchmarks' --mixed-precision value that gives ``policy``."""
+    return {"float32": "off", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]
+
+
 def _train_command(r: dict) -> str:
-    precision = {"float32": "off", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[r["policy"]]
+    precision = _precision_flag(r["policy"])
     command = (f"KERAS_BACKEND={r['backend']} python benchmarks/bench_train.py --image-size "
                f"{r['image_size']} --batch-size {r['batch_size']} --steps {r['steps']} "
                f"--mixed-precision {precision}")
@@ -195,7 +200,7 @@ def peak_speed(results: Results, names: list[str]) -> str:
 def conv_ceiling(results: Results, name: str, layers: int = 8) -> str:
     """bench_convs.py: the step's conv-only bound, then the layers that weigh most in it."""
     r = results(f"convs-{name}")
-    precision = {"float32": "off"}.get(r["policy"], r["policy"].removeprefix("mixed_"))
+    precision = _precision_flag(r["policy"])
     command = (f"`KERAS_BACKEND={r['backend']} python benchmarks/bench_convs.py --image-size "
                f"{r['image_size']} --batch-size {r['batch_size']} --mixed-precision {precision} "
                f"--repeats {r['repeats']}`")
