@@ -86,8 +86,29 @@ def machine() -> dict:
     return {"backend": keras.backend.backend(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
-            "cpu_bfloat16": cpu_has_native_bfloat16(),
+            "cpu_bfloat16": cpu_has_native_bfloat16(), "accelerator": accelerator(),
             "python": platform.python_version(), "keras": keras.__version__}
+
+
+def accelerator() -> str | None:
+    """The name of the GPU the backend computes on, or None on a CPU (a figure's hardware)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus \
+        else None
 
 
 def write_result(name: str, result: dict) -> str:
