@@ -287,7 +287,8 @@ def data_scale(results: Results, name: str) -> str:
 # ---- which runs each table shows ----
 
 DEFAULTS = [("tune-ld2-struct1-seed0", "full", "**defaults**"),
-            ("tune-ld2-struct1-seed1", "full", "**defaults**")]
+            ("tune-ld2-struct1-seed1", "full", "**defaults**"),
+            ("tune-ld2-struct1-seed2", "full", "**defaults**")]
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
 
@@ -307,6 +308,7 @@ TABLES = {
         ("ablate-ld2-seed0", "no_kl", "no_kl (deterministic latent)"),
         ("ablate-ld2-seed0", "single_head", "single_head (one discriminator head)"),
         ("ablate-ld2-seed1", "single_head", "single_head (one discriminator head)"),
+        ("ablate-ld2-seed2", "single_head", "single_head (one discriminator head)"),
         ("ablate-ld2-seed0", "no_augment", "no_augment"),
         ("ablate-ld2-seed0", "copies", "copies (one fixed augmented copy per sample)"),
         ("tune-ld1-seed0", "full", "latent 1/1 (no stride)"),
