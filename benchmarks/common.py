@@ -92,23 +92,9 @@ def machine() -> dict:
 
 def accelerator() -> str | None:
     """The name of the GPU the backend computes on, or None on a CPU (a figure's hardware)."""
-    import keras
+    from keras_vaegan import backends
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        return None if device.platform == "cpu" else device.device_kind
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus \
-        else None
+    return backends.get().accelerator_name()
 
 
 def write_result(name: str, result: dict) -> str:

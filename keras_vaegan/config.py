@@ -72,6 +72,8 @@ class Config:
     gen_res_blocks: int = 4  # residual blocks in the encoder and again in the decoder
     latent_channels: int = 64
     vae_sampling: bool = True  # False: z = mu while training too (plain CycleGAN generator)
+    judge_mean: bool = False  # True: the discriminators and the structure term see the z = mu
+    # translation (what predict returns); the sampled one only goes round the cycle
     skip_connections: bool = False  # U-Net skips around the latent (lets G ignore z)
     upsampling: str = "bilinear"  # bilinear | nearest | transpose
     padding: str = "zeros"  # zeros | reflect: how every generator convolution pads its border

@@ -178,3 +178,14 @@ def test_every_figure_records_the_cpu_flags_and_model(tmp_path):
     assert common.cpu_flags(str(tmp_path / "missing")) == []
     record = common.machine()
     assert record["cpu_flags"] == common.cpu_flags() and record["cpu_model"]
+    assert "accelerator" in record
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_each_backend_names_its_accelerator_exactly_when_it_has_one(backend):
+    from keras_vaegan import backends
+
+    steps = backends.get(backend)
+    name = steps.accelerator_name()
+    assert (name is not None) == steps.accelerator_available()
+    assert name is None or (isinstance(name, str) and name)

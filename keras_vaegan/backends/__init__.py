@@ -3,10 +3,11 @@
 Each backend has one small module of steps (``tensorflow_steps``,
 ``jax_steps``, ``torch_steps``) with the same functions: ``train_step`` and
 ``test_step`` in the signature its Keras trainer calls, ``distribution`` for
-``--strategy``, ``accelerator_available``, and ``compiled_forward``, the
-compiled generator pass ``predict`` runs (``inference.compiled``). ``get()`` returns the module of
-the running backend; nothing else in the package imports a backend library
-(the ``tf.data`` pipeline and export aside).
+``--strategy``, ``accelerator_available`` and ``accelerator_name``, and
+``compiled_forward``, the compiled generator pass ``predict`` runs
+(``inference.compiled``). ``get()`` returns the module of the running
+backend; nothing else in the package imports a backend library (the
+``tf.data`` pipeline and export aside).
 
 As in Keras itself (``keras/src/backend/<name>/trainer.py`` sits below
 ``keras.Model``), this layer sits below ``models``: the model calls its

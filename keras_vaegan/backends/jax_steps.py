@@ -26,6 +26,12 @@ def accelerator_available() -> bool:
     return any(device.platform != "cpu" for device in jax.devices())
 
 
+def accelerator_name() -> str | None:
+    """The first accelerator's model name, or None on a CPU (what a benchmark ran on)."""
+    device = jax.devices()[0]
+    return None if device.platform == "cpu" else device.device_kind
+
+
 def distribution(strategy: str) -> Distribution:
     """keras.distribution.DataParallel over the local devices (auto: several accelerators)."""
     if strategy == "multiworker":

@@ -27,6 +27,14 @@ def accelerator_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def accelerator_name() -> str | None:
+    """The first GPU's model name, or None on a CPU (what a benchmark ran on)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+
+
 # Seconds a collective may wait for the other workers before this one gives up.
 COLLECTIVE_TIMEOUT_ENV = "KERAS_VAEGAN_COLLECTIVE_TIMEOUT"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600

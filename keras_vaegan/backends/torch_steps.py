@@ -22,6 +22,11 @@ def accelerator_available() -> bool:
     return torch.cuda.is_available()
 
 
+def accelerator_name() -> str | None:
+    """The first GPU's model name, or None on a CPU (what a benchmark ran on)."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def distribution(strategy: str) -> Distribution:
     if strategy == "auto":
         return Distribution("none")

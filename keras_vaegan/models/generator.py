@@ -270,6 +270,17 @@ class VAEGenerator(keras.Model):
                 h = self.merge[i](ops.concatenate([h, skips[self.levels - 1 - i]], axis=-1))
         return ops.tanh(self.to_image(_pad(h, 7, self.padding)))
 
+    def mean_and_sample(self, x, training=False):
+        """One encoding, decoded twice: ``(image at z = mu, image at a drawn z, mu, log_var)``.
+
+        Lets training judge the deterministic output that ``predict`` returns
+        while the cycle still has to survive a sampled latent.
+        """
+        mu, log_var, skips = self.encode(x, training=training)
+        mean = self.decode(mu, skips, training=training)
+        drawn = self.decode(self.reparameterize(mu, log_var, True), skips, training=training)
+        return mean, drawn, mu, log_var
+
     def call(self, x, training=False, sample=None):
         sample = bool(training) if sample is None else sample
         mu, log_var, skips = self.encode(x, training=training)

@@ -164,13 +164,22 @@ class VAECycleGAN(keras.Model):
         """L_G and its terms; also returns the fakes the discriminators will judge.
 
         The latent is sampled while training unless ``vae_sampling`` is off.
+        With ``judge_mean`` the fakes (what the discriminators and the
+        structure term see) are the ``z = mu`` translations and the sampled
+        ones only go round the cycle.
         """
         c = self.settings
         sample = training and c.vae_sampling
-        fake_ct, mu_x, log_var_x = self.g_ct(mri, training=training, sample=sample)
-        rec_mri = self.g_mri(fake_ct, training=training, sample=sample)[0]
-        fake_mri, mu_y, log_var_y = self.g_mri(ct, training=training, sample=sample)
-        rec_ct = self.g_ct(fake_mri, training=training, sample=sample)[0]
+        if sample and c.judge_mean:
+            fake_ct, drawn_ct, mu_x, log_var_x = self.g_ct.mean_and_sample(mri, training)
+            rec_mri = self.g_mri(drawn_ct, training=training, sample=sample)[0]
+            fake_mri, drawn_mri, mu_y, log_var_y = self.g_mri.mean_and_sample(ct, training)
+            rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
+        else:
+            fake_ct, mu_x, log_var_x = self.g_ct(mri, training=training, sample=sample)
+            rec_mri = self.g_mri(fake_ct, training=training, sample=sample)[0]
+            fake_mri, mu_y, log_var_y = self.g_mri(ct, training=training, sample=sample)
+            rec_ct = self.g_ct(fake_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
         terms = {
             "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, c.head_weights),
