@@ -325,6 +325,7 @@ TABLES = {
         ("tune-dischp-seed1", "full", "disc_high_pass=true"),
         ("tune-scales3-seed0", "full", "structure_scales=3"),
         ("tune-judge-mean-seed0", "full", "judge_mean=true"),
+        ("tune-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         PAIRED]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
         ("defaults", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),

@@ -262,7 +262,7 @@ def test_judge_mean_shows_the_discriminators_what_predict_returns(tiny_config, j
     mri, ct = ring_batch(32)
     _, terms, (fake_ct, fake_mri) = model.generator_objective(mri, ct, training=True)
     mean_ct, mean_mri = to_np(model.translate(mri)), to_np(model.translate(ct, "ct2mri"))
-    if judge_mean:  # the fakes are the z = mu translations; the cycle still saw a drawn z
+    if judge_mean:  # the fakes are the z = mu translations; the other decoding draws z
         np.testing.assert_allclose(to_np(fake_ct), mean_ct, atol=1e-5)
         np.testing.assert_allclose(to_np(fake_mri), mean_mri, atol=1e-5)
         drawn = to_np(model.g_ct.mean_and_sample(mri)[1])
