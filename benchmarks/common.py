@@ -81,20 +81,15 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 def machine() -> dict:
     import keras
 
+    from keras_vaegan import backends
     from keras_vaegan.backends.precision import cpu_has_native_bfloat16
 
     return {"backend": keras.backend.backend(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
-            "cpu_bfloat16": cpu_has_native_bfloat16(), "accelerator": accelerator(),
+            "cpu_bfloat16": cpu_has_native_bfloat16(),
+            "accelerator": backends.get().accelerator_name(),  # the GPU's name, None on a CPU
             "python": platform.python_version(), "keras": keras.__version__}
-
-
-def accelerator() -> str | None:
-    """The name of the GPU the backend computes on, or None on a CPU (a figure's hardware)."""
-    from keras_vaegan import backends
-
-    return backends.get().accelerator_name()
 
 
 def write_result(name: str, result: dict) -> str:

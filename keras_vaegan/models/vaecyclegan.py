@@ -170,16 +170,18 @@ class VAECycleGAN(keras.Model):
         """
         c = self.settings
         sample = training and c.vae_sampling
-        if sample and c.judge_mean:
-            fake_ct, drawn_ct, mu_x, log_var_x = self.g_ct.mean_and_sample(mri, training)
-            rec_mri = self.g_mri(drawn_ct, training=training, sample=sample)[0]
-            fake_mri, drawn_mri, mu_y, log_var_y = self.g_mri.mean_and_sample(ct, training)
-            rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
-        else:
-            fake_ct, mu_x, log_var_x = self.g_ct(mri, training=training, sample=sample)
-            rec_mri = self.g_mri(fake_ct, training=training, sample=sample)[0]
-            fake_mri, mu_y, log_var_y = self.g_mri(ct, training=training, sample=sample)
-            rec_ct = self.g_ct(fake_mri, training=training, sample=sample)[0]
+
+        def translate(generator, images):
+            """(what the discriminators judge, what goes round the cycle, mu, log_var)."""
+            if sample and c.judge_mean:
+                return generator.mean_and_sample(images, training)
+            image, mu, log_var = generator(images, training=training, sample=sample)
+            return image, image, mu, log_var
+
+        fake_ct, drawn_ct, mu_x, log_var_x = translate(self.g_ct, mri)
+        rec_mri = self.g_mri(drawn_ct, training=training, sample=sample)[0]
+        fake_mri, drawn_mri, mu_y, log_var_y = translate(self.g_mri, ct)
+        rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
         terms = {
             "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, c.head_weights),
