@@ -326,7 +326,15 @@ TABLES = {
         ("tune-scales3-seed0", "full", "structure_scales=3"),
         ("tune-judge-mean-seed0", "full", "judge_mean=true"),
         ("tune-k3-seed0", "full", "context_slices=3 (2.5-D)"),
+        ("tune-lr4-seed0", "full", "learning rates 4e-4 (G and D)"),
+        ("tune-lr4-seed1", "full", "learning rates 4e-4 (G and D)"),
         PAIRED]),
+    "quality-quickstart": lambda r: quality_by_class(r, [
+        ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
+        ("quickstart500-lr8-seed0", "full", "500 steps, learning rates 8e-4"),
+        ("quickstart1000-seed0", "full", "1,000 steps (`fit --epochs 20`)"),
+        ("cpu-jax-bf16-seed0", "full", "2,000 steps (JAX backend, bf16)"),
+    ]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
         ("defaults", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
         ("no_kl", "mae_bias", [("ablate-ld2-seed0", "no_kl")]),
