@@ -328,6 +328,7 @@ TABLES = {
         ("tune-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("tune-lr4-seed0", "full", "learning rates 4e-4 (G and D)"),
         ("tune-lr4-seed1", "full", "learning rates 4e-4 (G and D)"),
+        ("tune-cycle5-seed0", "full", "lambda_cycle=5"),
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
         ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
