@@ -329,6 +329,7 @@ TABLES = {
         ("tune-lr4-seed0", "full", "learning rates 4e-4 (G and D)"),
         ("tune-lr4-seed1", "full", "learning rates 4e-4 (G and D)"),
         ("tune-cycle5-seed0", "full", "lambda_cycle=5"),
+        ("tune-dlr8-seed0", "full", "learning_rate_d=8e-4 (D four times G)"),
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
         ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
