@@ -329,6 +329,7 @@ TABLES = {
         ("tune-lr4-seed0", "full", "learning rates 4e-4 (G and D)"),
         ("tune-lr4-seed1", "full", "learning rates 4e-4 (G and D)"),
         ("tune-cycle5-seed0", "full", "lambda_cycle=5"),
+        ("tune-cycle5-seed1", "full", "lambda_cycle=5"),
         ("tune-dlr8-seed0", "full", "learning_rate_d=8e-4 (D four times G)"),
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
@@ -413,6 +414,7 @@ TABLES = {
         ("head64-dischp-seed0", "full", "disc_high_pass=true"),
         ("head64-dischp-seed1", "full", "disc_high_pass=true"),
         ("head64-scales3-seed0", "full", "structure_scales=3"),
+        ("head64-cycle5-seed0", "full", "lambda_cycle=5"),
         ("head64-paired-seed0", "paired", "*paired reference (told the answer)*")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
