@@ -306,6 +306,7 @@ TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
     "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
         ("ablate-ld2-seed0", "no_kl", "no_kl (deterministic latent)"),
+        ("ablate-ld2-seed1", "no_kl", "no_kl (deterministic latent)"),
         ("ablate-ld2-seed0", "single_head", "single_head (one discriminator head)"),
         ("ablate-ld2-seed1", "single_head", "single_head (one discriminator head)"),
         ("ablate-ld2-seed2", "single_head", "single_head (one discriminator head)"),
@@ -407,6 +408,7 @@ TABLES = {
         ("head64-k1-seed0", "full", "**defaults (2-D)**"),
         ("head64-k1-seed1", "full", "**defaults (2-D)**"),
         ("head64-k1-seed0", "no_kl", "no_kl (deterministic latent)"),
+        ("head64-k1-seed1", "no_kl", "no_kl (deterministic latent)"),
         ("head64-k1-seed0", "single_head", "single_head (one discriminator head)"),
         ("head64-k1-seed1", "single_head", "single_head (one discriminator head)"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
