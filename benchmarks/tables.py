@@ -332,6 +332,7 @@ TABLES = {
         ("tune-cycle5-seed0", "full", "lambda_cycle=5"),
         ("tune-cycle5-seed1", "full", "lambda_cycle=5"),
         ("tune-dlr8-seed0", "full", "learning_rate_d=8e-4 (D four times G)"),
+        ("tune-pool0-seed0", "full", "pool_size=0 (no history pool)"),
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
         ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
