@@ -412,6 +412,8 @@ TABLES = {
         ("head64-k1-seed1", "no_kl", "no_kl (deterministic latent)"),
         ("head64-k1-seed0", "single_head", "single_head (one discriminator head)"),
         ("head64-k1-seed1", "single_head", "single_head (one discriminator head)"),
+        ("head64-k1-seed2", "full", "**defaults (2-D)**"),
+        ("head64-sh-seed2", "single_head", "single_head (one discriminator head)"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-reflect-seed0", "full", "padding=reflect"),
         ("head64-dischp-seed0", "full", "disc_high_pass=true"),
