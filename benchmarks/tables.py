@@ -333,6 +333,8 @@ TABLES = {
         ("tune-cycle5-seed1", "full", "lambda_cycle=5"),
         ("tune-dlr8-seed0", "full", "learning_rate_d=8e-4 (D four times G)"),
         ("tune-pool0-seed0", "full", "pool_size=0 (no history pool)"),
+        ("hw6-seed1", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
+        ("hw6-seed2", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
         ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
@@ -420,6 +422,9 @@ TABLES = {
         ("head64-dischp-seed1", "full", "disc_high_pass=true"),
         ("head64-scales3-seed0", "full", "structure_scales=3"),
         ("head64-cycle5-seed0", "full", "lambda_cycle=5"),
+        ("head64-hw6-seed0", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
+        ("head64-hw6-seed1", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
+        ("head64-hw6-seed2", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
         ("head64-paired-seed0", "paired", "*paired reference (told the answer)*")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
