@@ -333,6 +333,7 @@ TABLES = {
         ("tune-cycle5-seed1", "full", "lambda_cycle=5"),
         ("tune-dlr8-seed0", "full", "learning_rate_d=8e-4 (D four times G)"),
         ("tune-pool0-seed0", "full", "pool_size=0 (no history pool)"),
+        ("hw6-seed0", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
         ("hw6-seed1", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
         ("hw6-seed2", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
         PAIRED]),
