@@ -289,6 +289,7 @@ def data_scale(results: Results, name: str) -> str:
 DEFAULTS = [("tune-ld2-struct1-seed0", "full", "**defaults**"),
             ("tune-ld2-struct1-seed1", "full", "**defaults**"),
             ("tune-ld2-struct1-seed2", "full", "**defaults**")]
+HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
 
@@ -333,9 +334,7 @@ TABLES = {
         ("tune-cycle5-seed1", "full", "lambda_cycle=5"),
         ("tune-dlr8-seed0", "full", "learning_rate_d=8e-4 (D four times G)"),
         ("tune-pool0-seed0", "full", "pool_size=0 (no history pool)"),
-        ("hw6-seed0", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
-        ("hw6-seed1", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
-        ("hw6-seed2", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
+    ] + [(f"hw6-seed{seed}", "full", HEAD_WEIGHTS_3X) for seed in range(3)] + [
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
         ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
@@ -423,9 +422,7 @@ TABLES = {
         ("head64-dischp-seed1", "full", "disc_high_pass=true"),
         ("head64-scales3-seed0", "full", "structure_scales=3"),
         ("head64-cycle5-seed0", "full", "lambda_cycle=5"),
-        ("head64-hw6-seed0", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
-        ("head64-hw6-seed1", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
-        ("head64-hw6-seed2", "full", "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"),
+    ] + [(f"head64-hw6-seed{seed}", "full", HEAD_WEIGHTS_3X) for seed in range(3)] + [
         ("head64-paired-seed0", "paired", "*paired reference (told the answer)*")]),
     "quality-head-floors": lambda r: floors_by_class(r, "head64-600-k1-seed0"),
     "speed-peak": lambda r: peak_speed(r, ["tensorflow"]),
