@@ -82,6 +82,8 @@ class Config:
     disc_filters: tuple[int, ...] = (64, 128, 256, 512, 512)
     disc_heads: int = 3  # real/fake heads after the last K blocks
     disc_head_weights: tuple[float, ...] | None = None  # None: equal weights
+    disc_head_warmup: float = 0.0  # fraction of all steps over which the head weights move
+    # linearly from the deepest head alone to disc_head_weights (coarse to fine); 0: off
     disc_min_map_size: int = 4  # stop striding below this feature-map side
     disc_high_pass: bool = False  # True: the discriminators also see a fixed Laplacian of the
     # image as a second channel (high frequencies: thin bone, edges)
@@ -191,7 +193,7 @@ class Config:
             need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("learning_rate_g", "learning_rate_d"):
             need(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("beta_1", "beta_2", "decay_start"):
+        for key in ("beta_1", "beta_2", "decay_start", "disc_head_warmup"):
             need(0 <= getattr(self, key) <= 1, key, "must be between 0 and 1")
         need(0 <= self.ema_momentum < 1, "ema_momentum", "must be in [0, 1) (0 turns it off)")
         need(self.zoom < 1 and self.translation < 1, "zoom",

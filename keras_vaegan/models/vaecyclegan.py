@@ -14,6 +14,9 @@ gradients, to the running backend's steps in ``keras_vaegan.backends``.
         + lambda_structure (2 - ncc(|grad x|, |grad fake_ct|) - ncc(|grad y|, |grad fake_mri|))
     L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
 
+The head weights w_k are fixed, or (``disc_head_warmup``) move from the
+deepest head alone to the configured ones over the first part of training.
+
 Images are stacks ``[batch, H, W, K]`` with K = ``config.context_slices``
 (channel ``K // 2`` the slice itself, the others its neighbours): every
 generator maps K channels to K, the discriminators judge K-channel stacks and
@@ -160,6 +163,27 @@ class VAECycleGAN(keras.Model):
         self.compile(**optimizers, adversarial_loss=config.get("adversarial_loss"))
 
     # --- the objective ------------------------------------------------------------
+    def head_weights(self, training: bool = True) -> list:
+        """The discriminator heads' weights at this step, deepest last.
+
+        With ``disc_head_warmup`` the weights start on the deepest head alone
+        (its patches see the most context: where bone and air are) and move
+        linearly to ``disc_head_weights`` over that fraction of all steps, so
+        the shallow heads' texture only counts once the layout is there. The
+        step is the generator optimizer's counter, read as a variable so a
+        compiled step and a resumed run follow it. Outside training, and
+        with no warmup, the configured weights.
+        """
+        c = self.settings
+        final = list(c.head_weights)
+        warmup_steps = c.disc_head_warmup * c.total_steps
+        if not training or warmup_steps <= 0 or len(final) == 1:
+            return final
+        step = keras.ops.cast(self.g_ct_optimizer.iterations, "float32")
+        progress = keras.ops.minimum(step / warmup_steps, 1.0)
+        deepest = [0.0] * (len(final) - 1) + [1.0]
+        return [progress * w + (1.0 - progress) * d for w, d in zip(final, deepest)]
+
     def generator_objective(self, mri, ct, training: bool = True):
         """L_G and its terms; also returns the fakes the discriminators will judge.
 
@@ -183,9 +207,10 @@ class VAECycleGAN(keras.Model):
         fake_mri, drawn_mri, mu_y, log_var_y = translate(self.g_mri, ct)
         rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
+        weights = self.head_weights(training)
         terms = {
-            "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, c.head_weights),
-            "adv_mri": adversarial_loss(self.d_mri(fake_mri), True, kind, c.head_weights),
+            "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, weights),
+            "adv_mri": adversarial_loss(self.d_mri(fake_mri), True, kind, weights),
             "cycle": l1_loss(rec_mri, mri) + l1_loss(rec_ct, ct),
             "kl": kl_divergence(mu_x, log_var_x) + kl_divergence(mu_y, log_var_y),
         }
@@ -207,14 +232,14 @@ class VAECycleGAN(keras.Model):
                            + c.lambda_structure * terms["structure"])
         return terms["g_loss"], terms, (fake_ct, fake_mri)
 
-    def discriminator_objective(self, mri, ct, fake_ct, fake_mri):
+    def discriminator_objective(self, mri, ct, fake_ct, fake_mri, training: bool = True):
         """L_D for each discriminator (fakes already drawn from the history pool)."""
-        c = self.settings
-        kind = getattr(self, "adversarial_kind", c.adversarial_loss)
+        kind = getattr(self, "adversarial_kind", self.settings.adversarial_loss)
+        weights = self.head_weights(training)
 
         def one(disc, real, fake):
-            return 0.5 * (adversarial_loss(disc(real), True, kind, c.head_weights)
-                          + adversarial_loss(disc(fake), False, kind, c.head_weights))
+            return 0.5 * (adversarial_loss(disc(real), True, kind, weights)
+                          + adversarial_loss(disc(fake), False, kind, weights))
 
         return {"d_ct": one(self.d_ct, ct, fake_ct), "d_mri": one(self.d_mri, mri, fake_mri)}
 
@@ -226,7 +251,7 @@ class VAECycleGAN(keras.Model):
     def evaluation_terms(self, mri, ct) -> dict:
         """All loss terms with the deterministic latent and without the pool."""
         _, terms, (fake_ct, fake_mri) = self.generator_objective(mri, ct, training=False)
-        terms.update(self.discriminator_objective(mri, ct, fake_ct, fake_mri))
+        terms.update(self.discriminator_objective(mri, ct, fake_ct, fake_mri, training=False))
         return terms
 
     # --- steps --------------------------------------------------------------------
