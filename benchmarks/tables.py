@@ -286,9 +286,9 @@ def data_scale(results: Results, name: str) -> str:
 
 # ---- which runs each table shows ----
 
-DEFAULTS = [("tune-ld2-struct1-seed0", "full", "**defaults**"),
-            ("tune-ld2-struct1-seed1", "full", "**defaults**"),
-            ("tune-ld2-struct1-seed2", "full", "**defaults**")]
+DEFAULTS = [(f"bce-seed{seed}", "full", "**defaults**") for seed in range(2)]
+LEAST_SQUARES = "adversarial_loss=lsgan (the defaults before)"
+LSGAN_DEFAULTS = [(f"tune-ld2-struct1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)]
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
@@ -305,7 +305,7 @@ def _tissue_pairs(before: str, after: str, runs: list[tuple[str, str, str]]) -> 
 
 TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
-    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
+    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + LSGAN_DEFAULTS + [
         ("ablate-ld2-seed0", "no_kl", "no_kl (deterministic latent)"),
         ("ablate-ld2-seed1", "no_kl", "no_kl (deterministic latent)"),
         ("ablate-ld2-seed0", "single_head", "single_head (one discriminator head)"),
@@ -343,7 +343,8 @@ TABLES = {
         ("cpu-jax-bf16-seed0", "full", "2,000 steps (JAX backend, bf16)"),
     ]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
-        ("defaults", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
+        ("defaults", "mae_bias", [("bce-seed0", "full")]),
+        ("least squares (before)", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
         ("no_kl", "mae_bias", [("ablate-ld2-seed0", "no_kl")]),
         ("single_head", "mae_bias", [("ablate-ld2-seed0", "single_head")]),
         ("latent 1/1", "mae_bias", [("tune-ld1-seed0", "full")]),
@@ -406,11 +407,10 @@ TABLES = {
          [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")]),
         ("share of all error", "share", [("tune-ema-seed0", "full"), ("tune-noid-seed0", "full")])]),
     "quality-head": lambda r: quality_by_class(r, [
-        ("head64-600-k1-seed0", "full", "defaults (2-D)"),
+        ("head64-600-k1-seed0", "full", "least-squares defaults (2-D)"),
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
-        ("head64-k1-seed0", "full", "**defaults (2-D)**"),
-        ("head64-k1-seed1", "full", "**defaults (2-D)**"),
-        ("head64-k1-seed2", "full", "**defaults (2-D)**"),
+    ] + [(f"head64-bce-seed{seed}", "full", "**defaults (2-D)**") for seed in range(2)] + [
+        (f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
         ("head64-k1-seed0", "no_kl", "no_kl (deterministic latent)"),
         ("head64-k1-seed1", "no_kl", "no_kl (deterministic latent)"),
         ("head64-k1-seed0", "single_head", "single_head (one discriminator head)"),
