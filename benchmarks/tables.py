@@ -337,7 +337,8 @@ TABLES = {
     ] + [(f"hw6-seed{seed}", "full", HEAD_WEIGHTS_3X) for seed in range(3)] + [
         PAIRED]),
     "quality-quickstart": lambda r: quality_by_class(r, [
-        ("quickstart500-seed0", "full", "quick start: the default `fit` (500 steps)"),
+        ("quickstart500-bce-seed0", "full", "quick start: the default `fit` (500 steps)"),
+        ("quickstart500-seed0", "full", "the same with least squares (the default before)"),
         ("quickstart500-lr8-seed0", "full", "500 steps, learning rates 8e-4"),
         ("quickstart1000-seed0", "full", "1,000 steps (`fit --epochs 20`)"),
         ("cpu-jax-bf16-seed0", "full", "2,000 steps (JAX backend, bf16)"),
