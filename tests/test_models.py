@@ -263,15 +263,15 @@ def test_head_warmup_moves_from_the_deepest_head_to_the_configured_weights(tiny_
     for step, weights in expected.items():  # warmup: 0.5 of 20 steps
         value = keras.ops.convert_to_tensor(step, dtype=counter.dtype)
         with keras.StatelessScope(state_mapping=[(counter, value)]):
-            got = [float(to_np(w)) for w in model.head_weights(training=True)]
+            got = [float(to_np(w)) for w in model.current_head_weights(training=True)]
         np.testing.assert_allclose(got, weights, atol=1e-6, err_msg=f"step {step}")
-    assert model.head_weights(training=False) == [0.4, 0.6]  # evaluation: the final weights
+    assert model.current_head_weights(training=False) == [0.4, 0.6]  # evaluation: the final weights
     counter.assign(5)  # the variable itself, as the TensorFlow and PyTorch steps read it
-    np.testing.assert_allclose([float(to_np(w)) for w in model.head_weights()], [0.2, 0.8],
+    np.testing.assert_allclose([float(to_np(w)) for w in model.current_head_weights()], [0.2, 0.8],
                                atol=1e-6)
     plain = VAECycleGAN(tiny_config.replace(disc_heads=2))
     plain.compile()
-    assert plain.head_weights() == [0.5, 0.5]  # no warmup: constant from the first step
+    assert plain.current_head_weights() == [0.5, 0.5]  # no warmup: constant from the first step
 
 
 @pytest.mark.parametrize("judge_mean", [False, True])

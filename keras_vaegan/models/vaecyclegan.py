@@ -163,7 +163,7 @@ class VAECycleGAN(keras.Model):
         self.compile(**optimizers, adversarial_loss=config.get("adversarial_loss"))
 
     # --- the objective ------------------------------------------------------------
-    def head_weights(self, training: bool = True) -> list:
+    def current_head_weights(self, training: bool = True) -> list:
         """The discriminator heads' weights at this step, deepest last.
 
         With ``disc_head_warmup`` the weights start on the deepest head alone
@@ -207,7 +207,7 @@ class VAECycleGAN(keras.Model):
         fake_mri, drawn_mri, mu_y, log_var_y = translate(self.g_mri, ct)
         rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
-        weights = self.head_weights(training)
+        weights = self.current_head_weights(training)
         terms = {
             "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, weights),
             "adv_mri": adversarial_loss(self.d_mri(fake_mri), True, kind, weights),
@@ -235,7 +235,7 @@ class VAECycleGAN(keras.Model):
     def discriminator_objective(self, mri, ct, fake_ct, fake_mri, training: bool = True):
         """L_D for each discriminator (fakes already drawn from the history pool)."""
         kind = getattr(self, "adversarial_kind", self.settings.adversarial_loss)
-        weights = self.head_weights(training)
+        weights = self.current_head_weights(training)
 
         def one(disc, real, fake):
             return 0.5 * (adversarial_loss(disc(real), True, kind, weights)
