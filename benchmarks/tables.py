@@ -286,9 +286,11 @@ def data_scale(results: Results, name: str) -> str:
 
 # ---- which runs each table shows ----
 
-DEFAULTS = [(f"bce-seed{seed}", "full", "**defaults**") for seed in range(2)]
+DEFAULTS = [(f"bce-seed{seed}", "full", "**defaults**") for seed in range(3)]
 LEAST_SQUARES = "adversarial_loss=lsgan (the defaults before)"
 LSGAN_DEFAULTS = [(f"tune-ld2-struct1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)]
+NO_KL = "no_kl (deterministic latent)"
+SINGLE_HEAD = "single_head (one discriminator head)"
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
@@ -305,12 +307,15 @@ def _tissue_pairs(before: str, after: str, runs: list[tuple[str, str, str]]) -> 
 
 TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
-    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + LSGAN_DEFAULTS + [
-        ("ablate-ld2-seed0", "no_kl", "no_kl (deterministic latent)"),
-        ("ablate-ld2-seed1", "no_kl", "no_kl (deterministic latent)"),
-        ("ablate-ld2-seed0", "single_head", "single_head (one discriminator head)"),
-        ("ablate-ld2-seed1", "single_head", "single_head (one discriminator head)"),
-        ("ablate-ld2-seed2", "single_head", "single_head (one discriminator head)"),
+    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
+        ("ablate-bce-seed0", "no_kl", NO_KL),
+        ("ablate-bce-seed0", "single_head", SINGLE_HEAD),
+    ] + LSGAN_DEFAULTS + [
+        ("ablate-ld2-seed0", "no_kl", f"{NO_KL}, least squares"),
+        ("ablate-ld2-seed1", "no_kl", f"{NO_KL}, least squares"),
+        ("ablate-ld2-seed0", "single_head", f"{SINGLE_HEAD}, least squares"),
+        ("ablate-ld2-seed1", "single_head", f"{SINGLE_HEAD}, least squares"),
+        ("ablate-ld2-seed2", "single_head", f"{SINGLE_HEAD}, least squares"),
         ("ablate-ld2-seed0", "no_augment", "no_augment"),
         ("ablate-ld2-seed0", "copies", "copies (one fixed augmented copy per sample)"),
         ("tune-ld1-seed0", "full", "latent 1/1 (no stride)"),
@@ -346,8 +351,10 @@ TABLES = {
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
         ("defaults", "mae_bias", [("bce-seed0", "full")]),
         ("least squares (before)", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
-        ("no_kl", "mae_bias", [("ablate-ld2-seed0", "no_kl")]),
-        ("single_head", "mae_bias", [("ablate-ld2-seed0", "single_head")]),
+        ("no_kl", "mae_bias", [("ablate-bce-seed0", "no_kl")]),
+        ("single_head", "mae_bias", [("ablate-bce-seed0", "single_head")]),
+        ("no_kl, least squares", "mae_bias", [("ablate-ld2-seed0", "no_kl")]),
+        ("single_head, least squares", "mae_bias", [("ablate-ld2-seed0", "single_head")]),
         ("latent 1/1", "mae_bias", [("tune-ld1-seed0", "full")]),
         ("long (4,000)", "mae_bias", [("long4000-ld2-seed0", "full")]),
         ("long recipe (9,000, GPU)", "mae_bias", [("gpu-long-seed0", "full")]),
@@ -411,12 +418,15 @@ TABLES = {
         ("head64-600-k1-seed0", "full", "least-squares defaults (2-D)"),
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
     ] + [(f"head64-bce-seed{seed}", "full", "**defaults (2-D)**") for seed in range(2)] + [
-        (f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
-        ("head64-k1-seed0", "no_kl", "no_kl (deterministic latent)"),
-        ("head64-k1-seed1", "no_kl", "no_kl (deterministic latent)"),
-        ("head64-k1-seed0", "single_head", "single_head (one discriminator head)"),
-        ("head64-k1-seed1", "single_head", "single_head (one discriminator head)"),
-        ("head64-sh-seed2", "single_head", "single_head (one discriminator head)"),
+        ("head64-bce-ablate-seed0", "no_kl", NO_KL),
+        ("head64-bce-ablate-seed1", "no_kl", NO_KL),
+        ("head64-bce-ablate-seed0", "single_head", SINGLE_HEAD),
+    ] + [(f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
+        ("head64-k1-seed0", "no_kl", f"{NO_KL}, least squares"),
+        ("head64-k1-seed1", "no_kl", f"{NO_KL}, least squares"),
+        ("head64-k1-seed0", "single_head", f"{SINGLE_HEAD}, least squares"),
+        ("head64-k1-seed1", "single_head", f"{SINGLE_HEAD}, least squares"),
+        ("head64-sh-seed2", "single_head", f"{SINGLE_HEAD}, least squares"),
         ("head64-k3-seed0", "full", "context_slices=3 (2.5-D)"),
         ("head64-reflect-seed0", "full", "padding=reflect"),
         ("head64-dischp-seed0", "full", "disc_high_pass=true"),
