@@ -37,8 +37,10 @@
 
 Variants run one after the other; to use both cores, start one process per
 group of variants with the same --name/--seed/--steps: each adds its variants
-to the same JSON file. ``--table`` prints the README's markdown table from
-the JSON files, ``--score RUN`` scores a run kept with ``--keep`` again.
+to the same JSON file. Training prints one line per epoch (Keras's
+``verbose=2``), so the log of a background run shows how far it is.
+``--table`` prints the README's markdown table from the JSON files,
+``--score RUN`` scores a run kept with ``--keep`` again.
 """
 
 from __future__ import annotations
@@ -412,7 +414,7 @@ def train_paired(config, mri: np.ndarray, ct: np.ndarray, run_dir: str) -> None:
     paired = Paired()
     paired.compile(optimizer=make_optimizers(config)["g_ct_optimizer"], loss=["mae", "mae"])
     paired.fit(data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
-               verbose=0)
+               verbose=2)
     os.makedirs(run_dir, exist_ok=True)
     model.save(os.path.join(run_dir, MODEL_FILE))
     config.save(os.path.join(run_dir, CONFIG_FILE))
@@ -567,7 +569,7 @@ def main() -> None:
                                                          kind=args.phantom),
                          run_dir)
         else:
-            fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=0)
+            fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=2)
         minutes = (time.perf_counter() - start) / 60
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
         # a reference's log-variance heads were never trained: no uncertainty map
