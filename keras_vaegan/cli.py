@@ -287,7 +287,7 @@ def build_config(config_file: str | None, run_config: str | None, overrides: dic
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last complete epoch.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--config", "config_file", type=click.Path(), help="JSON file of settings (keys of keras_vaegan.config.Config).")
-@click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set beta_kl=0.01 (repeatable).")
+@click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE", help="Override any setting, e.g. --set lambda_cycle=5 (repeatable).")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), help="Compute precision (default auto: float16 on a GPU, bfloat16 on a CPU with native bf16, else float32).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), help="Distribution strategy (default none).")
 @click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the TensorFlow train step (default off: slower on CPU). JAX always jits.")

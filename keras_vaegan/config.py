@@ -71,9 +71,11 @@ class Config:
     # the phantom with the structure term on (114/110 vs 126/129 HU, benchmarks/RESULTS.md)
     gen_res_blocks: int = 4  # residual blocks in the encoder and again in the decoder
     latent_channels: int = 64
-    vae_sampling: bool = True  # False: z = mu while training too (plain CycleGAN generator)
-    judge_mean: bool = False  # True: the discriminators and the structure term see the z = mu
-    # translation (what predict returns); the sampled one only goes round the cycle
+    vae_sampling: bool = False  # True (with beta_kl=1e-3): the VAE, z = mu + sigma * eps while
+    # training; False: z = mu (a deterministic latent), which tied the VAE on the classic phantom
+    # (105 vs 109 HU, three seeds) and won on the head one (benchmarks/RESULTS.md)
+    judge_mean: bool = False  # True (with vae_sampling): the discriminators and the structure
+    # term see the z = mu translation (what predict returns); the sampled one goes round the cycle
     skip_connections: bool = False  # U-Net skips around the latent (lets G ignore z)
     upsampling: str = "bilinear"  # bilinear | nearest | transpose
     padding: str = "zeros"  # zeros | reflect: how every generator convolution pads its border
@@ -94,7 +96,7 @@ class Config:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.0  # times lambda_cycle; 0: off (CycleGAN uses 0.5, but asking
     # the MRI->CT generator to leave a CT unchanged hurt here: 137 vs 162 HU, benchmarks/RESULTS.md)
-    beta_kl: float = 1e-3
+    beta_kl: float = 0.0  # weight of the KL term; 1e-3 with vae_sampling=true (the VAE)
     lambda_structure: float = 1.0  # keep the input's edges (gradient-magnitude correlation); 0:
     # off, as in CycleGAN; on, the phantom's sCT improved 137/160 -> 126/129 HU (RESULTS.md)
     structure_scales: int = 1  # >1: the structure term averaged over this many scales, each a
@@ -270,7 +272,7 @@ def _read_json(path: str | os.PathLike, saved_run: bool):
 
 # Settings added after runs were first saved, with the value that reproduces how a
 # run whose config.json predates the key was trained (a resumed run keeps its objective).
-BEFORE_KEY_EXISTED = {"lambda_structure": 0.0}
+BEFORE_KEY_EXISTED = {"lambda_structure": 0.0, "vae_sampling": True}
 
 
 def _jsonable(value):

@@ -246,10 +246,18 @@ def test_high_pass_discriminator_sees_the_image_and_its_laplacian():
         np.testing.assert_allclose(to_np(got), to_np(expected), atol=1e-5)
 
 
-# Settings away from their defaults that a user can still choose: the tries of issue 27
-# (sharper bone, judging the mean, the head warmup) and the least-squares loss of older runs.
-NON_DEFAULT_OPTIONS = {"padding": "reflect", "structure_scales": 3, "disc_high_pass": True,
-                       "judge_mean": True, "disc_head_warmup": 0.5, "adversarial_loss": "lsgan"}
+# Settings away from their defaults that a user can still choose: the VAE latent (sampled
+# while training, with its KL term), the tries of issue 27 (sharper bone, judging the mean,
+# the head warmup) and the least-squares loss of older runs.
+VAE = {"vae_sampling": True, "beta_kl": 1e-3}
+NON_DEFAULT_OPTIONS = {"vae": VAE, "padding": {"padding": "reflect"},
+                       "structure_scales": {"structure_scales": 3},
+                       "disc_high_pass": {"disc_high_pass": True},
+                       "judge_mean": {**VAE, "judge_mean": True},  # only acts on a sampled latent
+                       "disc_head_warmup": {"disc_head_warmup": 0.5},
+                       "adversarial_loss": {"adversarial_loss": "lsgan"}}
+ALL_NON_DEFAULT = {key: value for settings in NON_DEFAULT_OPTIONS.values()
+                   for key, value in settings.items()}
 
 
 def test_head_warmup_moves_from_the_deepest_head_to_the_configured_weights(tiny_config):
@@ -283,7 +291,7 @@ def test_judge_mean_shows_the_discriminators_what_predict_returns(tiny_config, j
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
     keras.utils.set_random_seed(0)
-    model = VAECycleGAN(tiny_config.replace(judge_mean=judge_mean))
+    model = VAECycleGAN(tiny_config.replace(**VAE, judge_mean=judge_mean))
     model.compile()
     mri, ct = ring_batch(32)
     _, terms, (fake_ct, fake_mri) = model.generator_objective(mri, ct, training=True)
@@ -307,7 +315,7 @@ def test_losses_fall_on_a_fixed_batch_with_each_non_default_option(tiny_config, 
 
     keras.utils.set_random_seed(0)
     config = tiny_config.replace(learning_rate_g=1e-3, learning_rate_d=1e-3, decay_start=1.0,
-                                 epochs=3, steps_per_epoch=8, **{option: NON_DEFAULT_OPTIONS[option]})
+                                 epochs=3, steps_per_epoch=8, **NON_DEFAULT_OPTIONS[option])
     model = VAECycleGAN(config)
     model.compile()
     mri, ct = ring_batch(32)
@@ -323,7 +331,7 @@ def test_a_model_with_the_non_default_options_saves_and_loads(tiny_config, tmp_p
 
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
-    model = VAECycleGAN(tiny_config.replace(**NON_DEFAULT_OPTIONS))
+    model = VAECycleGAN(tiny_config.replace(**ALL_NON_DEFAULT))
     model.compile()
     mri, ct = ring_batch(32)
     path = str(tmp_path / "model.keras")

@@ -195,6 +195,22 @@ def test_a_run_saved_before_the_structure_term_resumes_without_it(tmp_path):
     assert build_config(None, str(run_config), {}).lambda_structure == 0.5
 
 
+def test_a_vae_run_resumes_as_a_vae_under_the_deterministic_default(tmp_path):
+    from keras_vaegan.cli import build_config
+    from keras_vaegan.config import Config
+
+    assert not Config().vae_sampling and Config().beta_kl == 0.0  # the default since issue 27
+    vae = Config(vae_sampling=True, beta_kl=1e-3).to_dict()
+    run_config = tmp_path / "config.json"
+    run_config.write_text(json.dumps(vae))  # a run saved while the VAE was the default
+    resumed = build_config(None, str(run_config), {})
+    assert resumed.vae_sampling and resumed.beta_kl == 1e-3
+    del vae["vae_sampling"]  # a config.json written before the key existed: it sampled
+    run_config.write_text(json.dumps(vae))
+    assert build_config(None, str(run_config), {}).vae_sampling
+    assert not build_config(str(run_config), None, {}).vae_sampling  # a user's --config file
+
+
 def test_a_config_file_changes_only_the_keys_it_names_on_resume(tmp_path):
     from keras_vaegan.cli import build_config
     from keras_vaegan.config import Config

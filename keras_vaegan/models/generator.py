@@ -1,9 +1,10 @@
 """The VAE encoder-decoder generator (one per translation direction).
 
 The encoder ends in two 1x1 heads, ``mu`` and ``log_var``, over a spatial
-latent at ``1/latent_downsample`` of the image side. While training the
-decoder sees ``z = mu + exp(log_var / 2) * eps``; a deterministic prediction
-uses ``z = mu``; repeated draws give the uncertainty map. Upsampling is
+latent at ``1/latent_downsample`` of the image side. While training a VAE
+(``vae_sampling``) the decoder sees ``z = mu + exp(log_var / 2) * eps``; by
+default, and for a deterministic prediction, ``z = mu``; repeated draws give
+the uncertainty map. Upsampling is
 resize + convolution by default (transposed convolutions leave checkerboard
 texture).
 
