@@ -311,7 +311,7 @@ def _tissue_pairs(before: str, after: str, runs: list[tuple[str, str, str]]) -> 
 TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
     "quality-defaults": lambda r: quality_rows(r, DEFAULTS + VAE_DEFAULTS + [
-        ("ablate-bce-seed0", "single_head", SINGLE_HEAD),
+        (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
         ("ablate-ld2-seed0", "no_kl", f"{NO_KL}, least squares"),
         ("ablate-ld2-seed1", "no_kl", f"{NO_KL}, least squares"),
@@ -420,10 +420,10 @@ TABLES = {
     "quality-head": lambda r: quality_by_class(r, [
         ("head64-600-k1-seed0", "full", "least-squares defaults (2-D)"),
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
-    ] + [(f"head64-bce-ablate-seed{seed}", "no_kl", "**defaults (2-D)**") for seed in range(2)] + [
-        (f"head64-bce-seed{seed}", "full", VAE) for seed in range(2)] + [
-        ("head64-bce-ablate-seed0", "single_head", SINGLE_HEAD),
-    ] + [(f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
+    ] + [(f"head64-bce-ablate-seed{seed}", "no_kl", "**defaults (2-D)**") for seed in range(2)]
+    + [(f"head64-bce-seed{seed}", "full", VAE) for seed in range(2)]
+    + [(f"head64-bce-ablate-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)]
+    + [(f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
         ("head64-k1-seed0", "no_kl", f"{NO_KL}, least squares"),
         ("head64-k1-seed1", "no_kl", f"{NO_KL}, least squares"),
         ("head64-k1-seed0", "single_head", f"{SINGLE_HEAD}, least squares"),

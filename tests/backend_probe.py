@@ -23,7 +23,8 @@ from keras_vaegan.config import Config  # noqa: E402
 from keras_vaegan.models.vaecyclegan import VAECycleGAN  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
-STEP_CONFIG = dict(TINY, vae_sampling=False, pool_size=2, learning_rate_g=1e-3,
+# the KL term weighted as in a VAE run, so its gradient is compared across backends too
+STEP_CONFIG = dict(TINY, vae_sampling=False, beta_kl=1e-3, pool_size=2, learning_rate_g=1e-3,
                    learning_rate_d=1e-3, decay_start=1.0)
 
 

@@ -32,7 +32,7 @@ CLI = os.path.join(ROOT, "cli.py")
 # history pool): each replica would draw its own noise for its rows, which differs
 # from one process's draw for the whole batch; the data itself is identical.
 SETTINGS = dict(gen_filters=8, latent_channels=8, gen_res_blocks=1, latent_downsample=4,
-                disc_filters=[16, 32, 32], disc_heads=2, pool_size=0, vae_sampling=False,
+                disc_filters=[16, 32, 32], disc_heads=2, pool_size=0, vae_sampling=False, beta_kl=1e-3,
                 phantom_subjects=2, phantom_slices=4, phantom_size=32, snapshot_count=2)
 FIT = ["fit", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
        "--steps-per-epoch", "2", "--mixed-precision", "off", "--quiet", "--seed", "3",

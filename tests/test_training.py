@@ -54,7 +54,8 @@ def test_identity_term_is_each_generators_l1_on_its_own_domain_and_off_by_defaul
     expected = np.abs(same_ct - ct).mean() + np.abs(same_mri - mri).mean()
     assert float(value(terms["identity"])) == pytest.approx(expected, rel=1e-5)
     others = sum(float(value(terms[k])) for k in ("adv_ct", "adv_mri"))
-    others += 10.0 * float(value(terms["cycle"])) + 1e-3 * float(value(terms["kl"]))
+    others += 10.0 * float(value(terms["cycle"]))
+    others += tiny_config.beta_kl * float(value(terms["kl"]))
     others += 1.0 * float(value(terms["structure"]))  # lambda_structure's default
     assert float(value(g_loss)) == pytest.approx(others + 0.5 * 10.0 * expected, rel=1e-5)
 
@@ -68,14 +69,14 @@ def test_structure_term_compares_each_input_with_its_translation_and_can_be_off(
     _, terms, _ = off.generator_objective(mri, ct, training=False)
     assert float(keras.ops.convert_to_numpy(terms["structure"])) == 0.0
 
-    on = VAECycleGAN(tiny_config.replace(lambda_structure=2.0))
+    on = VAECycleGAN(tiny_config.replace(lambda_structure=2.0, beta_kl=0.01))  # KL weighed too
     g_loss, terms, (fake_ct, fake_mri) = on.generator_objective(mri, ct, training=False)
     value = lambda x: float(keras.ops.convert_to_numpy(x))  # noqa: E731
     expected = value(structure_loss(mri, fake_ct)) + value(structure_loss(ct, fake_mri))
     assert value(terms["structure"]) == pytest.approx(expected, rel=1e-5)
     assert 0.0 < expected <= 4.0
     others = value(terms["adv_ct"]) + value(terms["adv_mri"]) + 10.0 * value(terms["cycle"])
-    others += 1e-3 * value(terms["kl"])
+    others += 0.01 * value(terms["kl"])
     assert value(g_loss) == pytest.approx(others + 2.0 * expected, rel=1e-5)
 
 
