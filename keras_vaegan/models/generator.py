@@ -4,9 +4,8 @@ The encoder ends in two 1x1 heads, ``mu`` and ``log_var``, over a spatial
 latent at ``1/latent_downsample`` of the image side. While training a VAE
 (``vae_sampling``) the decoder sees ``z = mu + exp(log_var / 2) * eps``; by
 default, and for a deterministic prediction, ``z = mu``; repeated draws give
-the uncertainty map. Upsampling is
-resize + convolution by default (transposed convolutions leave checkerboard
-texture).
+the uncertainty map. Upsampling is resize + convolution by default
+(transposed convolutions leave checkerboard texture).
 
 ``padding="reflect"`` pads every convolution's border by reflection instead of
 zeros (a transposed convolution keeps "same"): 0 is mid-range in model units
