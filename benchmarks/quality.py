@@ -40,7 +40,14 @@ group of variants with the same --name/--seed/--steps: each adds its variants
 to the same JSON file. Training prints one line per epoch (Keras's
 ``verbose=2``), so the log of a background run shows how far it is.
 ``--table`` prints the README's markdown table from the JSON files,
-``--score RUN`` scores a run kept with ``--keep`` again.
+``--score RUN`` scores a run kept with ``--keep`` again. A run longer than a
+session goes on in pieces: ``--keep DIR`` and, after a stop, the same command
+with ``--resume`` continues each variant from its last complete epoch (as
+``fit --resume`` does) on the kept data; ``train_minutes`` then adds up the
+pieces' epochs and ``pieces`` says how many there were.
+
+    python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long
+    python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long --resume
 """
 
 from __future__ import annotations
@@ -72,6 +79,13 @@ HU_CLIP = (-1024.0, 3000.0)
 FLOOR_BLUR_PX = (0.5, 1.0)  # the anatomy floor is also reported blurred by these sigmas
 TRAIN_SUBJECTS = 24  # per modality, unless --train-subjects says otherwise
 TEST_SEED_OFFSET = 3000  # the test subjects' dataset seed is --seed plus this
+CLOCK_FILE = "benchmark-clock.json"  # in a run folder: training minutes and pieces so far
+
+
+def split_paths(root: str) -> dict:
+    """Where ``write_split`` puts the training folders and the test subjects under ``root``."""
+    return {"mri": os.path.join(root, "train", "mri"), "ct": os.path.join(root, "train", "ct"),
+            "test": os.path.join(root, "test")}
 
 
 def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
@@ -83,8 +97,7 @@ def write_split(root: str, size: int, train_subjects: int, test_subjects: int,
     drawn = phantom_kind(kind)
     draw = {"make": drawn.make_subject, "spacing": drawn.spacing}
 
-    paths = {"mri": os.path.join(root, "train", "mri"), "ct": os.path.join(root, "train", "ct"),
-             "test": os.path.join(root, "test")}
+    paths = split_paths(root)
     for modality, offset in (("mri", 1000), ("ct", 2000)):
         staging = os.path.join(root, f"staging-{modality}")
         write_phantom(staging, subjects=train_subjects, slices=slices, size=size, fmt="nii",
@@ -207,6 +220,37 @@ def tissue_errors(scts: list, cts: list, masks: list) -> dict:
                         "mae_hu": float(np.abs(diff).mean()) if diff.size else float("nan"),
                         "share": float(np.abs(diff).sum() / total) if total else 0.0}
     return report
+
+
+def clock_so_far(run_dir: str) -> dict:
+    """Training minutes and pieces that earlier pieces of a resumed run recorded in its folder."""
+    try:
+        with open(os.path.join(run_dir, CLOCK_FILE)) as file:
+            return json.load(file)
+    except FileNotFoundError:
+        return {"minutes": 0.0, "pieces": 0}
+
+
+def training_clock(run_dir: str, before: dict):
+    """A callback that records, at each epoch end, the training minutes of all pieces so far.
+
+    Written after the epoch's checkpoint, so a run killed mid-epoch and resumed
+    counts the minutes of the epochs it kept, not those it trains again.
+    """
+    import keras
+
+    class TrainingClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            minutes = before["minutes"] + (time.perf_counter() - self.start) / 60
+            path = os.path.join(run_dir, CLOCK_FILE)
+            with open(path + ".tmp", "w") as file:
+                json.dump({"minutes": minutes, "pieces": before["pieces"] + 1}, file)
+            os.replace(path + ".tmp", path)
+
+    return TrainingClock()
 
 
 def score_variant(run_dir: str, test_root: str, figure: str | None,
@@ -519,6 +563,9 @@ def main() -> None:
                         help="classic: the phantom the defaults were tuned on; head: the harder "
                         "head phantom (keras_vaegan.data.phantom_head)")
     parser.add_argument("--keep", help="keep the runs and data in this folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --keep: continue each variant's kept run from its last "
+                        "complete epoch, on the kept data")
     parser.add_argument("--score", metavar="RUN",
                         help="only score this run (kept with --keep) and draw its figure")
     parser.add_argument("--table", nargs="+", metavar="JSON",
@@ -533,11 +580,17 @@ def main() -> None:
     from keras_vaegan.cli import parse_set
     from keras_vaegan.config import Config
     from keras_vaegan.errors import VAEGANError
+    from keras_vaegan.training.callbacks import CHECKPOINTS
+    from keras_vaegan.training.checkpoints import read_checkpoint_state
     from keras_vaegan.training.fit import fit
 
     unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if args.resume and not args.keep:
+        parser.error("--resume: needs --keep (the folder of the runs to continue)")
+    if args.resume and any(name in REFERENCES for name in args.variants.split(",")):
+        parser.error(f"--resume: the {', '.join(REFERENCES)} reference trains in one piece")
     try:
         overrides = parse_set(args.set)
         base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
@@ -550,8 +603,11 @@ def main() -> None:
     args.name = args.name or ("phantom64" if args.phantom == "classic" else "head64")
     base = base.replace(phantom=args.phantom)  # recorded; fit reads the volumes written here
     work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
-    paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
-                        args.test_subjects, args.slices, args.seed, kind=args.phantom)
+    if args.resume and os.path.isdir(split_paths(os.path.join(work, "data"))["test"]):
+        paths = split_paths(os.path.join(work, "data"))  # the split the first piece wrote
+    else:
+        paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
+                            args.test_subjects, args.slices, args.seed, kind=args.phantom)
     if args.score:
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-scored-seed{args.seed}.png")
         print(json.dumps(score_variant(args.score, paths["test"], figure)), flush=True)
@@ -563,6 +619,8 @@ def main() -> None:
     for name in args.variants.split(","):
         config = base.replace(**VARIANTS[name])
         run_dir = os.path.join(work, f"run-{name}")
+        resume = args.resume and read_checkpoint_state(os.path.join(run_dir, CHECKPOINTS))
+        before = clock_so_far(run_dir) if resume else {"minutes": 0.0, "pieces": 0}
         start = time.perf_counter()
         if name == "paired":
             train_paired(config, *paired_training_slices(args.seed, args.train_subjects,
@@ -570,14 +628,17 @@ def main() -> None:
                                                          kind=args.phantom),
                          run_dir)
         else:
-            fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=2)
-        minutes = (time.perf_counter() - start) / 60
+            fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=2,
+                resume=bool(resume), callbacks=[training_clock(run_dir, before)])
+        minutes = before["minutes"] + (time.perf_counter() - start) / 60
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
         # a reference's log-variance heads were never trained: no uncertainty map
         scored = score_variant(run_dir, paths["test"], figure, uncertainty=name not in REFERENCES)
         results["variants"][name] = {**scored, "train_minutes": round(minutes, 1),
                                      "precision": trained_precision(run_dir),
                                      "config": VARIANTS[name]}
+        if before["pieces"]:
+            results["variants"][name]["pieces"] = before["pieces"] + 1
         print(json.dumps({name: results["variants"][name]}), flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -285,3 +285,24 @@ def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, 
         2].startswith("| full + ")
     assert "head phantom" in quality.markdown_table(
         [str(tmp_path / "quality-head64-seed0.json")]).splitlines()[2]
+
+
+def test_a_run_in_pieces_adds_up_its_training_minutes(tmp_path, monkeypatch):
+    assert quality.clock_so_far(str(tmp_path)) == {"minutes": 0.0, "pieces": 0}
+    now = iter([100.0, 160.0, 220.0])  # train begins, then two epoch ends a minute apart
+    monkeypatch.setattr(quality.time, "perf_counter", lambda: next(now))
+    clock = quality.training_clock(str(tmp_path), {"minutes": 5.0, "pieces": 1})
+    clock.on_train_begin()
+    clock.on_epoch_end(0)
+    assert quality.clock_so_far(str(tmp_path)) == {"minutes": 6.0, "pieces": 2}
+    clock.on_epoch_end(1)
+    assert quality.clock_so_far(str(tmp_path)) == {"minutes": 7.0, "pieces": 2}
+
+
+@pytest.mark.parametrize("extra", [["--resume"], ["--resume", "--keep", "k", "--variants", "paired"]])
+def test_resume_needs_a_kept_folder_and_a_fit_variant(extra, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["quality.py", *extra])
+    with pytest.raises(SystemExit) as stop:
+        quality.main()
+    assert stop.value.code == 2
+    assert "--resume" in capsys.readouterr().err
