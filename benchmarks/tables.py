@@ -294,6 +294,7 @@ LEAST_SQUARES = "VAE latent, adversarial_loss=lsgan (the defaults before that)"
 LSGAN_DEFAULTS = [(f"tune-ld2-struct1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)]
 NO_KL = "no_kl (deterministic latent)"
 SINGLE_HEAD = "single_head (one discriminator head), VAE latent"
+DET_SINGLE_HEAD = "single_head (one discriminator head)"
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
@@ -310,7 +311,9 @@ def _tissue_pairs(before: str, after: str, runs: list[tuple[str, str, str]]) -> 
 
 TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
-    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + VAE_DEFAULTS + [
+    "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
+        (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
+    ] + VAE_DEFAULTS + [
         (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
         ("ablate-ld2-seed0", "no_kl", f"{NO_KL}, least squares"),
@@ -353,6 +356,7 @@ TABLES = {
     ]),
     "quality-defaults-tissue": lambda r: tissue_columns(r, "CT class, seed 0: MAE / bias (HU)", [
         ("defaults", "mae_bias", [("ablate-bce-seed0", "no_kl")]),
+        ("single_head", "mae_bias", [("det-sh-seed0", "single_head")]),
         ("VAE latent (before)", "mae_bias", [("bce-seed0", "full")]),
         ("least squares (VAE)", "mae_bias", [("tune-ld2-struct1-seed0", "full")]),
         ("single_head (VAE)", "mae_bias", [("ablate-bce-seed0", "single_head")]),
@@ -421,6 +425,7 @@ TABLES = {
         ("head64-600-k1-seed0", "full", "least-squares defaults (2-D)"),
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
     ] + [(f"head64-bce-ablate-seed{seed}", "no_kl", "**defaults (2-D)**") for seed in range(2)]
+    + [(f"head64-det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)]
     + [(f"head64-bce-seed{seed}", "full", VAE) for seed in range(2)]
     + [(f"head64-bce-ablate-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)]
     + [(f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
