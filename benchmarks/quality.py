@@ -57,6 +57,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -582,7 +583,7 @@ def main() -> None:
     from keras_vaegan.errors import VAEGANError
     from keras_vaegan.training.callbacks import CHECKPOINTS
     from keras_vaegan.training.checkpoints import read_checkpoint_state
-    from keras_vaegan.training.fit import fit
+    from keras_vaegan.training.fit import TrainingInterrupted, fit
 
     unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
     if unknown:
@@ -628,8 +629,15 @@ def main() -> None:
                                                          kind=args.phantom),
                          run_dir)
         else:
-            fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=2,
-                resume=bool(resume), callbacks=[training_clock(run_dir, before)])
+            try:
+                fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=2,
+                    resume=bool(resume), callbacks=[training_clock(run_dir, before)])
+            except TrainingInterrupted:  # Ctrl-C: fit saved the step it had reached
+                how = ("the same command with --resume" if args.keep else
+                       f"--keep {work} --resume (the run is kept there)")
+                print(f"interrupted: {name} saved at its last step; to go on: {how}",
+                      file=sys.stderr)
+                raise SystemExit(130) from None
         minutes = before["minutes"] + (time.perf_counter() - start) / 60
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
         # a reference's log-variance heads were never trained: no uncertainty map

@@ -306,3 +306,21 @@ def test_resume_needs_a_kept_folder_and_a_fit_variant(extra, monkeypatch, capsys
         quality.main()
     assert stop.value.code == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import keras_vaegan.training.fit as training
+
+    def interrupted(config, output, **kwargs):
+        raise training.TrainingInterrupted(output, {"iterations": 7})
+
+    monkeypatch.setattr(training, "fit", interrupted)
+    keep = tmp_path / "kept"
+    monkeypatch.setattr(sys, "argv", [
+        "quality.py", "--keep", str(keep), "--image-size", "32", "--train-subjects", "1",
+        "--test-subjects", "1", "--slices", "2", "--steps", "2", "--steps-per-epoch", "1"])
+    with pytest.raises(SystemExit) as stop:
+        quality.main()
+    assert stop.value.code == 130
+    assert "to go on: the same command with --resume" in capsys.readouterr().err
+    assert (keep / "data" / "test").is_dir()  # the kept split a --resume would train on
