@@ -426,7 +426,7 @@ TABLES = {
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
     ] + [(f"head64-bce-ablate-seed{seed}", "no_kl", "**defaults (2-D)**") for seed in range(3)]
     + [(f"head64-det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)]
-    + [(f"head64-bce-seed{seed}", "full", VAE) for seed in range(2)]
+    + [(f"head64-bce-seed{seed}", "full", VAE) for seed in range(3)]
     + [(f"head64-bce-ablate-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)]
     + [(f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [
         ("head64-k1-seed0", "no_kl", f"{NO_KL}, least squares"),
