@@ -235,8 +235,9 @@ def clock_so_far(run_dir: str) -> dict:
 def training_clock(run_dir: str, before: dict):
     """A callback that records, at each epoch end, the training minutes of all pieces so far.
 
-    Written after the epoch's checkpoint, so a run killed mid-epoch and resumed
-    counts the minutes of the epochs it kept, not those it trains again.
+    Written after the epoch's checkpoint (also at a Ctrl-C, whose step fit
+    saves), so the total counts the training a resumed run keeps; a kill
+    mid-epoch loses that epoch's minutes along with its steps.
     """
     import keras
 
