@@ -621,7 +621,7 @@ def main() -> None:
     for name in args.variants.split(","):
         config = base.replace(**VARIANTS[name])
         run_dir = os.path.join(work, f"run-{name}")
-        resume = args.resume and read_checkpoint_state(os.path.join(run_dir, CHECKPOINTS))
+        resume = args.resume and read_checkpoint_state(os.path.join(run_dir, CHECKPOINTS)) is not None
         before = clock_so_far(run_dir) if resume else {"minutes": 0.0, "pieces": 0}
         start = time.perf_counter()
         if name == "paired":
@@ -632,10 +632,10 @@ def main() -> None:
         else:
             try:
                 fit(config, output=run_dir, mri_dir=paths["mri"], ct_dir=paths["ct"], verbose=2,
-                    resume=bool(resume), callbacks=[training_clock(run_dir, before)])
+                    resume=resume, callbacks=[training_clock(run_dir, before)])
             except TrainingInterrupted:  # Ctrl-C: fit saved the step it had reached
                 how = ("the same command with --resume" if args.keep else
-                       f"--keep {work} --resume (the run is kept there)")
+                       f"the same command with --keep {work} --resume (the run is kept there)")
                 print(f"interrupted: {name} saved at its last step; to go on: {how}",
                       file=sys.stderr)
                 raise SystemExit(130) from None
