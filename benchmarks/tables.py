@@ -295,6 +295,7 @@ LSGAN_DEFAULTS = [(f"tune-ld2-struct1-seed{seed}", "full", LEAST_SQUARES) for se
 NO_KL = "no_kl (deterministic latent)"
 SINGLE_HEAD = "single_head (one discriminator head), VAE latent"
 DET_SINGLE_HEAD = "single_head (one discriminator head)"
+WARMUP = "disc_head_warmup=0.5 (the deepest head alone first, then all three)"
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
@@ -313,7 +314,7 @@ TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
     "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
-    ] + VAE_DEFAULTS + [
+    ] + [("warm-seed0", "full", WARMUP)] + VAE_DEFAULTS + [
         (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
         ("ablate-ld2-seed0", "no_kl", f"{NO_KL}, least squares"),
@@ -426,6 +427,7 @@ TABLES = {
         ("head64-600-k3-seed0", "full", "context_slices=3 (2.5-D)"),
     ] + [(f"head64-bce-ablate-seed{seed}", "no_kl", "**defaults (2-D)**") for seed in range(3)]
     + [(f"head64-det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)]
+    + [("head64-warm-seed0", "full", WARMUP)]
     + [(f"head64-bce-seed{seed}", "full", VAE) for seed in range(3)]
     + [(f"head64-bce-ablate-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)]
     + [(f"head64-k1-seed{seed}", "full", LEAST_SQUARES) for seed in range(3)] + [

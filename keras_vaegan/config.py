@@ -86,6 +86,7 @@ class Config:
     disc_head_weights: tuple[float, ...] | None = None  # None: equal weights
     disc_head_warmup: float = 0.0  # fraction of all steps over which the head weights move
     # linearly from the deepest head alone to disc_head_weights (coarse to fine); 0: off
+    # (0.5 lost on both phantoms: 112 vs 107 and 157 vs 126 HU, benchmarks/RESULTS.md)
     disc_min_map_size: int = 4  # stop striding below this feature-map side
     disc_high_pass: bool = False  # True: the discriminators also see a fixed Laplacian of the
     # image as a second channel (high frequencies: thin bone, edges)
