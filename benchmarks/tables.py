@@ -314,7 +314,9 @@ TABLES = {
     "quality-summary": lambda r: quality_short(r, DEFAULTS + [PAIRED]),
     "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
-    ] + [("warm-seed0", "full", WARMUP)] + VAE_DEFAULTS + [
+    ] + [("warm-seed0", "full", WARMUP),
+         ("cpu-long-det-seed0", "full", "**defaults, long recipe** (CPU, bf16, in two pieces)")
+         ] + VAE_DEFAULTS + [
         (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
         ("ablate-ld2-seed0", "no_kl", f"{NO_KL}, least squares"),
@@ -365,7 +367,8 @@ TABLES = {
         ("single_head, least squares", "mae_bias", [("ablate-ld2-seed0", "single_head")]),
         ("latent 1/1", "mae_bias", [("tune-ld1-seed0", "full")]),
         ("long (4,000)", "mae_bias", [("long4000-ld2-seed0", "full")]),
-        ("long recipe (9,000, GPU)", "mae_bias", [("gpu-long-seed0", "full")]),
+        ("long recipe (9,000, CPU)", "mae_bias", [("cpu-long-det-seed0", "full")]),
+        ("long recipe, VAE (9,000, GPU)", "mae_bias", [("gpu-long-seed0", "full")]),
         ("its setup, 2,000 (CPU)", "mae_bias", [("cpu-jax-bf16-seed0", "full")]),
         ("padding=reflect", "mae_bias", [("tune-reflect-seed0", "full")]),
         ("disc_high_pass", "mae_bias", [("tune-dischp-seed0", "full")]),
