@@ -44,7 +44,10 @@ to the same JSON file. Training prints one line per epoch (Keras's
 session goes on in pieces: ``--keep DIR`` and, after a stop, the same command
 with ``--resume`` continues each variant from its last complete epoch (as
 ``fit --resume`` does) on the kept data; ``train_minutes`` then adds up the
-pieces' epochs and ``pieces`` says how many there were.
+pieces' epochs and ``pieces`` says how many there were. With ``--set
+checkpoint_every=N`` each variant also gets a ``trajectory``: every Nth
+epoch's checkpoint scored as the run is (MAE, PSNR, SSIM, by class), to show
+where a long run stops gaining.
 
     python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long
     python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long --resume
@@ -253,6 +256,30 @@ def training_clock(run_dir: str, before: dict):
             os.replace(path + ".tmp", path)
 
     return TrainingClock()
+
+
+def score_trajectory(run_dir: str, test_root: str) -> list[dict]:
+    """The MRI -> CT scores of each checkpoint a run kept (``--set checkpoint_every=N``).
+
+    Shows where a long run stopped gaining; each checkpoint is made a run
+    folder for the time it is scored (``checkpoint_as_run``).
+    """
+    from keras_vaegan.config import Config
+    from keras_vaegan.training.checkpoints import CHECKPOINTS, checkpoint_as_run, kept_epochs
+
+    config = Config.load(os.path.join(run_dir, "config.json"), saved_run=True)
+    points = []
+    for epoch in kept_epochs(os.path.join(run_dir, CHECKPOINTS)):
+        if epoch % config.checkpoint_every:
+            continue  # one of the last two, kept for --resume
+        with tempfile.TemporaryDirectory(prefix="vaegan-epoch-") as folder:
+            scored = score_variant(checkpoint_as_run(run_dir, epoch, folder), test_root, None,
+                                   uncertainty=False)
+        points.append({"epoch": epoch, "steps": epoch * config.steps_per_epoch,
+                       "mri2ct": scored["mri2ct"],
+                       "mri2ct_mae_hu_by_class": scored["mri2ct_mae_hu_by_class"]})
+        print(f"trajectory: epoch {epoch}: {scored['mri2ct']['mae_hu']:.1f} HU", flush=True)
+    return points
 
 
 def score_variant(run_dir: str, test_root: str, figure: str | None,
@@ -648,6 +675,8 @@ def main() -> None:
                                      "config": VARIANTS[name]}
         if before["pieces"]:
             results["variants"][name]["pieces"] = before["pieces"] + 1
+        if config.checkpoint_every and name not in REFERENCES:
+            results["variants"][name]["trajectory"] = score_trajectory(run_dir, paths["test"])
         print(json.dumps({name: results["variants"][name]}), flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

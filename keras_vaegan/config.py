@@ -119,6 +119,9 @@ class Config:
     strategy: str = "none"
     jit_compile: bool = False
     snapshot_count: int = 4  # images in each snapshot grid
+    checkpoint_every: int = 0  # >0: also keep every Nth epoch's checkpoint (a long run's
+    # trajectory, each one a run folder through training.checkpoints.checkpoint_as_run);
+    # 0: only the last two, what --resume needs
     # --- units recorded by the data loader (so predict inverts them exactly) ---
     mri_units: str = "percentile"  # percentile | uint8
     ct_units: str = "hu"  # hu | uint8
@@ -153,7 +156,7 @@ class Config:
                     "phantom_slices", "phantom_size", "disc_heads",
                     "disc_min_map_size", "shuffle_buffer", "snapshot_count"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
-        for key in ("gen_res_blocks", "pool_size", "augment_copies", "seed"):
+        for key in ("gen_res_blocks", "pool_size", "augment_copies", "seed", "checkpoint_every"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(self.image_size >= 16, "image_size", "must be >= 16 pixels")
         ld = self.latent_downsample

@@ -268,18 +268,23 @@ def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, 
             "--set", "disc_filters=[8,8,8]", "--set", "disc_heads=2", "--set", "pool_size=2",
             "--set", "mixed_precision=\"off\""]
     monkeypatch.setattr(sys, "argv", [
-        "quality.py", "--phantom", "head", "--steps", "2", "--steps-per-epoch", "2",
+        "quality.py", "--phantom", "head", "--steps", "4", "--steps-per-epoch", "2",
         "--image-size", "32", "--batch-size", "2", "--train-subjects", "1",
-        "--test-subjects", "1", "--slices", "3", "--variants", "full", *tiny])
+        "--test-subjects", "1", "--slices", "3", "--variants", "full", *tiny,
+        "--set", "checkpoint_every=1"])
     quality.main()
     result = json.loads((tmp_path / "quality-head64-seed0.json").read_text())
-    assert modes == ["2d"]
-    assert result["phantom"] == "head" and result["steps"] == 2
+    assert modes == ["2d"] * 3  # the run, then each epoch of its trajectory
+    assert result["phantom"] == "head" and result["steps"] == 4
     assert result["constant_floor_mae_hu"] > result["lookup_table_floor_mae_hu"] \
         > result["anatomy_floor_mae_hu"]
     full = result["variants"]["full"]
     assert set(full["mri2ct_mae_hu_by_class"]) == {"bone", "soft_tissue", "air"}
     assert full["mri2ct"]["through_plane_mae_hu"] > 0
+    trajectory = full["trajectory"]
+    assert [(point["epoch"], point["steps"]) for point in trajectory] == [(1, 2), (2, 4)]
+    assert trajectory[-1]["mri2ct"] == full["mri2ct"]  # the last checkpoint is the saved model
+    assert trajectory[0]["mri2ct"]["mae_hu"] != full["mri2ct"]["mae_hu"]
     assert (tmp_path / "quality-head64-full-seed0.png").exists()
     assert quality.markdown_table([str(tmp_path / "quality-head64-seed0.json")]).splitlines()[
         2].startswith("| full + ")

@@ -373,3 +373,30 @@ def test_history_plot_draws_validation_curves_where_logged(tmp_path):
     assert train[:8] == both[:8] == b"\x89PNG\r\n\x1a\n"
     assert train != both
     assert sorted(os.listdir(tmp_path)) == ["both.csv", "both.png", "train.csv", "train.png"]
+
+
+def test_checkpoint_every_keeps_a_trajectory_that_scores_as_runs(tiny_config, tmp_path):
+    from keras_vaegan.errors import VAEGANError
+    from keras_vaegan.inference.runs import load_run
+    from keras_vaegan.training.checkpoints import checkpoint_as_run
+
+    run = tmp_path / "run"
+    config = tiny_config.replace(epochs=5, steps_per_epoch=2, learning_rate_g=1e-3,
+                                 checkpoint_every=2)
+    fit(config, output=str(run), verbose=0)
+    # epochs 2 and 4 kept for the trajectory, 4 and 5 for --resume; 1 and 3 pruned
+    assert sorted(os.listdir(run / "checkpoints")) == [
+        "epoch-0002.weights.h5", "epoch-0004.weights.h5", "epoch-0005.weights.h5", "state.json"]
+    _, mri = fixed_batch_dataset()
+    sct = {}
+    for epoch in (2, 5):
+        folder = checkpoint_as_run(str(run), epoch, str(tmp_path / f"epoch{epoch}"))
+        sct[epoch] = keras.ops.convert_to_numpy(load_run(folder).model.translate(mri))
+    final = keras.ops.convert_to_numpy(load_run(str(run)).model.translate(mri))
+    np.testing.assert_array_equal(sct[5], final)  # the last checkpoint is the saved model
+    assert float(np.abs(sct[2] - final).max()) > 1e-4  # three epochs later it had moved on
+    with pytest.raises(VAEGANError, match=r"no checkpoint after epoch 3 \(kept: 2, 4, 5\)"):
+        checkpoint_as_run(str(run), 3, str(tmp_path / "epoch3"))
+    assert not (tmp_path / "epoch3").exists()
+    with pytest.raises(VAEGANError, match="already exists"):
+        checkpoint_as_run(str(run), 2, str(tmp_path / "epoch2"))

@@ -19,6 +19,7 @@ import numpy as np
 
 from keras_vaegan.training.checkpoints import (
     CHECKPOINT_STATE,
+    CHECKPOINTS,
     GracefulInterrupt,
     ResumableCheckpoint,
     read_checkpoint_state,
@@ -34,14 +35,13 @@ from keras_vaegan.training.history import (
 )
 
 __all__ = [
-    "CHECKPOINT_STATE", "GracefulInterrupt", "HistoryLogger", "HistoryPlot", "ResumableCheckpoint",
+    "CHECKPOINT_STATE", "CHECKPOINTS", "GracefulInterrupt", "HistoryLogger", "HistoryPlot", "ResumableCheckpoint",
     "RunTensorBoard", "SnapshotCallback", "epoch_writers", "read_checkpoint_state",
     "restore_checkpoint", "save_checkpoint", "snapshot_path",
 ]
 
 SNAPSHOTS = "snapshots"
 LOGS = "logs"
-CHECKPOINTS = "checkpoints"
 
 
 def snapshot_path(directory: str, epoch: int) -> str:
@@ -118,7 +118,8 @@ class RunTensorBoard(keras.callbacks.TensorBoard):
 
 def epoch_writers(run: str, val_mri: np.ndarray, val_ct: np.ndarray, *,
                   interrupt: GracefulInterrupt | None = None, resume: bool = False,
-                  initial_epoch: int = 0) -> list[keras.callbacks.Callback]:
+                  initial_epoch: int = 0, checkpoint_every: int = 0
+                  ) -> list[keras.callbacks.Callback]:
     """The run's end-of-epoch writers in the order that loses nothing on a kill, checkpoint last.
 
     A fault point (``training/faults.py``) follows each writer, named
@@ -134,7 +135,8 @@ def epoch_writers(run: str, val_mri: np.ndarray, val_ct: np.ndarray, *,
                                   first_epoch=initial_epoch if resume else None)),
         ("history-plot", HistoryPlot(history, os.path.join(run, HISTORY_PLOT))),
         ("tensorboard", RunTensorBoard(os.path.join(run, LOGS), snapshots)),
-        ("checkpoint", ResumableCheckpoint(os.path.join(run, CHECKPOINTS), interrupt=interrupt)),
+        ("checkpoint", ResumableCheckpoint(os.path.join(run, CHECKPOINTS), interrupt=interrupt,
+                                           every=checkpoint_every)),
     ]
     return [callback for name, writer in writers
             for callback in (writer, FaultPoint(f"{name}-written"))]

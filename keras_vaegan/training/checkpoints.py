@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -17,10 +18,14 @@ import threading
 import keras
 import numpy as np
 
+from keras_vaegan.config import CONFIG_FILE, MODEL_FILE, Config
+from keras_vaegan.errors import VAEGANError
 from keras_vaegan.io.atomic import atomic_path, atomic_write_text, remove_partial_writes
 from keras_vaegan.training.faults import fault_point
 
+CHECKPOINTS = "checkpoints"  # the folder of a run that holds them
 CHECKPOINT_STATE = "state.json"
+EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.weights\.h5")  # an end-of-epoch checkpoint
 
 
 class GracefulInterrupt(keras.callbacks.Callback):
@@ -60,16 +65,19 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     Weights go to ``epoch-NNNN.weights.h5`` (temp name, flushed, then
     renamed); only then does ``state.json`` (also atomic) point at it. A
     kill at any moment leaves the previous complete checkpoint in charge.
-    Older files are pruned to ``keep``. After a Ctrl-C the state at that
-    step is saved and marked as inside its epoch, which ``--resume`` then
-    runs again from that state (the learning-rate schedule follows the
-    optimizer's step counter).
+    Older files are pruned to ``keep``, except every ``every``-th epoch's
+    (``Config.checkpoint_every``), kept to score a long run's trajectory.
+    After a Ctrl-C the state at that step is saved and marked as inside its
+    epoch, which ``--resume`` then runs again from that state (the
+    learning-rate schedule follows the optimizer's step counter).
     """
 
-    def __init__(self, directory: str, keep: int = 2, interrupt: GracefulInterrupt | None = None):
+    def __init__(self, directory: str, keep: int = 2, interrupt: GracefulInterrupt | None = None,
+                 every: int = 0):
         super().__init__()
         self.directory = directory
         self.keep = keep
+        self.every = every
         self.interrupt = interrupt
 
     def on_epoch_end(self, epoch, logs=None):
@@ -77,15 +85,15 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             return  # diverged: keep the last good checkpoint
         interrupted = self.interrupt is not None and self.interrupt.requested
         save_checkpoint(self.model, self.directory, epoch if interrupted else epoch + 1,
-                        keep=self.keep, interrupted=interrupted)
+                        keep=self.keep, interrupted=interrupted, every=self.every)
 
 
 def save_checkpoint(model, directory: str, epoch: int, keep: int = 2,
-                    interrupted: bool = False) -> str:
+                    interrupted: bool = False, every: int = 0) -> str:
     os.makedirs(directory, exist_ok=True)
     iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     name = (f"epoch-{epoch:04d}-step-{iterations:08d}.weights.h5" if interrupted
-            else f"epoch-{epoch:04d}.weights.h5")
+            else checkpoint_name(epoch))
     with atomic_path(os.path.join(directory, name)) as tmp:
         model.save_weights(tmp)
         fault_point("checkpoint-write", epoch)
@@ -93,9 +101,26 @@ def save_checkpoint(model, directory: str, epoch: int, keep: int = 2,
              "interrupted": interrupted}
     atomic_write_text(os.path.join(directory, CHECKPOINT_STATE), json.dumps(state) + "\n")
     for old in sorted(glob.glob(os.path.join(directory, "epoch-*.weights.h5")))[:-keep]:
-        if os.path.basename(old) != name:
+        if os.path.basename(old) != name and not kept_for_trajectory(os.path.basename(old), every):
             os.remove(old)
     return name
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The file of the checkpoint written after ``epoch`` complete epochs."""
+    return f"epoch-{epoch:04d}.weights.h5"
+
+
+def kept_for_trajectory(name: str, every: int) -> bool:
+    """Whether ``name`` is an end-of-epoch checkpoint that pruning leaves (every ``every``-th)."""
+    match = EPOCH_FILE.fullmatch(name)
+    return every > 0 and match is not None and int(match.group(1)) % every == 0
+
+
+def kept_epochs(directory: str) -> list[int]:
+    """The epochs whose end-of-epoch checkpoint is in ``directory``, in order."""
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(match.group(1)) for match in map(EPOCH_FILE.fullmatch, names) if match)
 
 
 def read_checkpoint_state(directory: str) -> dict | None:
@@ -114,3 +139,38 @@ def restore_checkpoint(model, directory: str) -> int:
         return 0
     model.load_weights(os.path.join(directory, state["weights"]))
     return int(state["epoch"])
+
+
+def checkpoint_as_run(run: str, epoch: int, output: str) -> str:
+    """Write ``output`` as a run folder holding the model of ``run`` after ``epoch`` epochs.
+
+    ``predict``, ``evaluate`` and ``export`` then read it as they read the
+    finished run, so a long run's kept checkpoints (``checkpoint_every``) can
+    be scored: where it stopped gaining. The model is made as ``fit`` makes
+    its last one, in the run's own precision policy and with a weight
+    average (``ema_momentum``) swapped in.
+    """
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    directory = os.path.join(run, CHECKPOINTS)
+    if not os.path.isfile(os.path.join(directory, checkpoint_name(epoch))):
+        kept = ", ".join(map(str, kept_epochs(directory))) or "none"
+        raise VAEGANError(run, f"no checkpoint after epoch {epoch} (kept: {kept}); "
+                               "train with --set checkpoint_every=N to keep more")
+    if os.path.exists(os.path.join(output, MODEL_FILE)):
+        raise VAEGANError(output, "a run already exists here")
+    config = Config.load(os.path.join(run, CONFIG_FILE), saved_run=True)
+    before = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_global_policy(config.precision_policy or "float32")
+    try:
+        model = VAECycleGAN(config)
+        model.compile()
+        model.load_weights(os.path.join(directory, checkpoint_name(epoch)))
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+        os.makedirs(output, exist_ok=True)
+        config.save(os.path.join(output, CONFIG_FILE))
+        with atomic_path(os.path.join(output, MODEL_FILE)) as tmp:
+            model.save(tmp)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    return output

@@ -121,7 +121,8 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
     # Only the chief writes (multi-worker training); the others train in step.
     interrupt = GracefulInterrupt()
     writers = epoch_writers(run, val_mri, val_ct, interrupt=interrupt, resume=resume,
-                            initial_epoch=initial_epoch) if distribution.is_chief \
+                            initial_epoch=initial_epoch,
+                            checkpoint_every=config.checkpoint_every) if distribution.is_chief \
         else [FaultPoint("worker-epoch-end")]
     callbacks = [interrupt, keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
     if initial_epoch < config.epochs:
