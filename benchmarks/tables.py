@@ -136,6 +136,25 @@ def quality_by_class(results: Results, rows: list[tuple[str, str, str]]) -> str:
     return _markdown(HEAD_HEADER, out)
 
 
+def trajectory(results: Results, columns: list[tuple[str, str, str]]) -> str:
+    """MRI -> CT MAE (HU) at each kept checkpoint of long runs: one column per (name, variant).
+
+    The checkpoints are the ``trajectory`` that ``quality.py`` scores for a run
+    trained with ``checkpoint_every``; an empty cell: that run kept no
+    checkpoint at those steps.
+    """
+    maes = []
+    for name, variant, _ in columns:
+        _, v = results.variant(name, variant)
+        if "trajectory" not in v:
+            raise SystemExit(f"error: quality-{name}.json: {variant} has no trajectory")
+        maes.append({point["steps"]: point["mri2ct"]["mae_hu"] for point in v["trajectory"]})
+    steps = sorted(set().union(*maes))
+    rows = [[f"{step:,}", *(f"{mae[step]:.0f}" if step in mae else "" for mae in maes)]
+            for step in steps]
+    return _markdown(["steps", *(label for _, _, label in columns)], rows)
+
+
 def floors_by_class(results: Results, name: str) -> str:
     """A phantom's floors (constant, lookup table, anatomy) with the same columns."""
     floors = results(f"quality-{name}")["floors"]
@@ -315,7 +334,8 @@ TABLES = {
     "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),
-         ("cpu-long-det-seed0", "full", "**defaults, long recipe** (CPU, bf16, in two pieces)")
+         ("cpu-long-det-seed0", "full", "**defaults, long recipe** (CPU, bf16, in two pieces)"),
+         ("cpu-long-det-seed1", "full", "**defaults, long recipe** (CPU, bf16, in three pieces)"),
          ] + VAE_DEFAULTS + [
         (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
@@ -373,6 +393,8 @@ TABLES = {
         ("padding=reflect", "mae_bias", [("tune-reflect-seed0", "full")]),
         ("disc_high_pass", "mae_bias", [("tune-dischp-seed0", "full")]),
         ("paired reference", "mae_bias", [("reference-seed0", "paired")])]),
+    "quality-long-trajectory": lambda r: trajectory(r, [
+        ("cpu-long-det-seed1", "full", "MRI -> CT MAE (HU): defaults, seed 1 (CPU)")]),
     "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
                                                  ("ablate-ld2-seed1", "seed 1")]),
     "history-identity": lambda r: quality_rows(r, [
