@@ -264,10 +264,10 @@ def score_trajectory(run_dir: str, test_root: str) -> list[dict]:
     Shows where a long run stopped gaining; each checkpoint is made a run
     folder for the time it is scored (``checkpoint_as_run``).
     """
-    from keras_vaegan.config import Config
+    from keras_vaegan.config import CONFIG_FILE, Config
     from keras_vaegan.training.checkpoints import CHECKPOINTS, checkpoint_as_run, kept_epochs
 
-    config = Config.load(os.path.join(run_dir, "config.json"), saved_run=True)
+    config = Config.load(os.path.join(run_dir, CONFIG_FILE), saved_run=True)
     points = []
     for epoch in kept_epochs(os.path.join(run_dir, CHECKPOINTS)):
         if epoch % config.checkpoint_every:
