@@ -353,6 +353,7 @@ TABLES = {
         ("subjects96-long-seed0", "full", "96 training subjects, long (VAE, least squares)"),
         ("gpu-long-seed0", "full", "long recipe (VAE, least squares; H200 GPU, JAX, bf16)"),
         ("gpu-long-seed1", "full", "long recipe (VAE, least squares; H200 GPU, JAX, bf16)"),
+        ("cpu-long-vae-seed0", "full", "long recipe (VAE, least squares; CPU, TensorFlow, bf16)"),
         ("cpu-jax-bf16-seed0", "full", "the long recipe's setup (VAE, least squares; CPU, JAX, bf16)"),
         ("s20-lanczos-seed0", "full", "augment_resampling lanczos"),
         ("tune-reflect-seed0", "full", "padding=reflect"),
@@ -394,7 +395,8 @@ TABLES = {
         ("disc_high_pass", "mae_bias", [("tune-dischp-seed0", "full")]),
         ("paired reference", "mae_bias", [("reference-seed0", "paired")])]),
     "quality-long-trajectory": lambda r: trajectory(r, [
-        ("cpu-long-det-seed1", "full", "MRI -> CT MAE (HU): defaults, seed 1 (CPU)")]),
+        ("cpu-long-det-seed1", "full", "MRI -> CT MAE (HU): defaults, seed 1 (CPU)"),
+        ("cpu-long-vae-seed0", "full", "VAE latent, least squares, seed 0 (CPU)")]),
     "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
                                                  ("ablate-ld2-seed1", "seed 1")]),
     "history-identity": lambda r: quality_rows(r, [
