@@ -17,7 +17,7 @@ from conftest import TINY
 from test_training import tensorboard_steps
 
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.training.fit import fit
+from keras_vaegan.training.fit import TrainingInterrupted, fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,6 +164,28 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert os.path.exists(run / "checkpoints" / state["weights"])
     assert state["iterations"] >= 3
+
+
+def test_a_run_resumed_after_ctrl_c_trains_only_the_rest_of_that_epoch(tiny_config, tmp_path):
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    run, config = tmp_path / "run", tiny_config.replace(epochs=3, steps_per_epoch=4)
+    with pytest.raises(TrainingInterrupted):
+        fit(config, output=str(run), verbose=0, callbacks=[CtrlC()])
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["interrupted"] and state["epoch"] == 1
+    assert 4 < state["iterations"] < 8  # inside the second epoch
+    fit(config, output=str(run), resume=True, verbose=0)
+    assert finished_iterations(run) == 12  # not 12 + the steps of epoch 1 run twice
+    assert history_epochs(run) == [0, 1, 2]
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert (state["epoch"], state["iterations"], state["interrupted"]) == (3, 12, False)
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(

@@ -20,6 +20,7 @@ import numpy as np
 from keras_vaegan.training.checkpoints import (
     CHECKPOINT_STATE,
     CHECKPOINTS,
+    FinishInterruptedEpoch,
     GracefulInterrupt,
     ResumableCheckpoint,
     read_checkpoint_state,
@@ -35,7 +36,8 @@ from keras_vaegan.training.history import (
 )
 
 __all__ = [
-    "CHECKPOINT_STATE", "CHECKPOINTS", "GracefulInterrupt", "HistoryLogger", "HistoryPlot", "ResumableCheckpoint",
+    "CHECKPOINT_STATE", "CHECKPOINTS", "FinishInterruptedEpoch", "GracefulInterrupt",
+    "HistoryLogger", "HistoryPlot", "ResumableCheckpoint",
     "RunTensorBoard", "SnapshotCallback", "epoch_writers", "read_checkpoint_state",
     "restore_checkpoint", "save_checkpoint", "snapshot_path",
 ]

@@ -59,6 +59,46 @@ class GracefulInterrupt(keras.callbacks.Callback):
             self._previous = None
 
 
+class FinishInterruptedEpoch(keras.callbacks.Callback):
+    """A run resumed from a Ctrl-C checkpoint trains only the rest of the interrupted epoch.
+
+    Why: that checkpoint holds the optimizer's step counter from inside an
+    epoch, and Keras's ``fit`` runs whole epochs of ``steps_per_epoch``, so
+    the interrupted epoch would run in full again and every piece of a long
+    run would end up to one epoch past its step budget (at learning rate 0).
+    This stops the first epoch at its boundary (``stop_training`` at that
+    step, which the epoch's end clears again unless a Ctrl-C or a NaN asked
+    for it), so that every epoch ends on a multiple of ``steps_per_epoch``.
+    A run not resumed mid-epoch is left alone.
+    """
+
+    def __init__(self, steps_per_epoch: int, interrupt: GracefulInterrupt | None = None):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.interrupt = interrupt
+        self.remaining: int | None = None  # steps left in the first epoch, if it was cut
+        self._stopped = False
+
+    def on_train_begin(self, logs=None):
+        done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) % self.steps_per_epoch
+        self.remaining = self.steps_per_epoch - done if done else None
+        self._stopped = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.remaining is not None and batch + 1 >= self.remaining:
+            self.remaining = None
+            self._stopped = not self.model.stop_training
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._stopped:
+            return
+        self._stopped = False
+        finite = all(np.isfinite(float(v)) for v in (logs or {}).values())
+        if finite and not (self.interrupt is not None and self.interrupt.requested):
+            self.model.stop_training = False
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """After every epoch: model + optimizer state, then a pointer to it.
 
@@ -68,8 +108,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     Older files are pruned to ``keep``, except every ``every``-th epoch's
     (``Config.checkpoint_every``), kept to score a long run's trajectory.
     After a Ctrl-C the state at that step is saved and marked as inside its
-    epoch, which ``--resume`` then runs again from that state (the
-    learning-rate schedule follows the optimizer's step counter).
+    epoch; ``--resume`` trains the rest of that epoch from it
+    (``FinishInterruptedEpoch``; the learning-rate schedule follows the
+    optimizer's step counter).
     """
 
     def __init__(self, directory: str, keep: int = 2, interrupt: GracefulInterrupt | None = None,

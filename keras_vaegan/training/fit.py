@@ -28,6 +28,7 @@ from keras_vaegan.models.vaecyclegan import VAECycleGAN
 from keras_vaegan.training.callbacks import (
     CHECKPOINTS,
     SNAPSHOTS,
+    FinishInterruptedEpoch,
     GracefulInterrupt,
     epoch_writers,
     read_checkpoint_state,
@@ -53,8 +54,10 @@ def fit(config: Config, output: str | None = None, data_root: str | None = None,
     ``verbose`` is Keras's progress bar; ``messages`` (default: ``bool(verbose)``)
     prints what the run is doing (data, policy, resume point) to stderr.
 
-    ``resume`` continues from the last complete epoch in ``output/checkpoints``
-    with the optimizers' state and the learning-rate schedule position.
+    ``resume`` continues from the last checkpoint in ``output/checkpoints``
+    (an epoch's end, or the step a Ctrl-C stopped at: then only the rest of
+    that epoch is trained) with the optimizers' state and the learning-rate
+    schedule position.
     """
     show = bool(verbose) if messages is None else messages
     say = _print_message if show else (lambda text: None)
@@ -114,7 +117,10 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
         model.compile()
         initial_epoch = restore_checkpoint(model, checkpoints) if resume else 0
     if resume:
-        say(f"resuming after epoch {initial_epoch} of {config.epochs}")
+        state = read_checkpoint_state(checkpoints)
+        within = state["iterations"] - initial_epoch * config.steps_per_epoch if state else 0
+        say(f"resuming after epoch {initial_epoch} of {config.epochs}"
+            + (f" and {within} steps of the next" if 0 < within < config.steps_per_epoch else ""))
         if distribution.is_chief:  # writes a kill cut short
             for folder in (run, os.path.join(run, SNAPSHOTS)):
                 remove_partial_writes(folder)
@@ -124,7 +130,8 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
                             initial_epoch=initial_epoch,
                             checkpoint_every=config.checkpoint_every) if distribution.is_chief \
         else [FaultPoint("worker-epoch-end")]
-    callbacks = [interrupt, keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
+    callbacks = [interrupt, FinishInterruptedEpoch(config.steps_per_epoch, interrupt),
+                 keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
     if initial_epoch < config.epochs:
         history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
                             initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose,
