@@ -316,6 +316,7 @@ SINGLE_HEAD = "single_head (one discriminator head), VAE latent"
 DET_SINGLE_HEAD = "single_head (one discriminator head)"
 WARMUP = "disc_head_warmup=0.5 (the deepest head alone first, then all three)"
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
+LONG_RECIPE = "**long recipe**: 9,000 steps, VAE latent, least squares"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
 
@@ -334,8 +335,10 @@ TABLES = {
     "quality-defaults": lambda r: quality_rows(r, DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),
-         ("cpu-long-det-seed0", "full", "**defaults, long recipe** (CPU, bf16, in two pieces)"),
-         ("cpu-long-det-seed1", "full", "**defaults, long recipe** (CPU, bf16, in three pieces)"),
+         ("cpu-long-vae-seed0", "full", LONG_RECIPE + " (CPU, bf16, in three pieces)"),
+         ("cpu-long-vae-seed1", "full", LONG_RECIPE + " (CPU, bf16)"),
+         ("cpu-long-det-seed0", "full", "defaults for 9,000 steps (CPU, bf16, in two pieces)"),
+         ("cpu-long-det-seed1", "full", "defaults for 9,000 steps (CPU, bf16, in three pieces)"),
          ] + VAE_DEFAULTS + [
         (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
@@ -353,7 +356,6 @@ TABLES = {
         ("subjects96-long-seed0", "full", "96 training subjects, long (VAE, least squares)"),
         ("gpu-long-seed0", "full", "long recipe (VAE, least squares; H200 GPU, JAX, bf16)"),
         ("gpu-long-seed1", "full", "long recipe (VAE, least squares; H200 GPU, JAX, bf16)"),
-        ("cpu-long-vae-seed0", "full", "long recipe (VAE, least squares; CPU, TensorFlow, bf16)"),
         ("cpu-jax-bf16-seed0", "full", "the long recipe's setup (VAE, least squares; CPU, JAX, bf16)"),
         ("s20-lanczos-seed0", "full", "augment_resampling lanczos"),
         ("tune-reflect-seed0", "full", "padding=reflect"),
@@ -395,8 +397,9 @@ TABLES = {
         ("disc_high_pass", "mae_bias", [("tune-dischp-seed0", "full")]),
         ("paired reference", "mae_bias", [("reference-seed0", "paired")])]),
     "quality-long-trajectory": lambda r: trajectory(r, [
-        ("cpu-long-det-seed1", "full", "MRI -> CT MAE (HU): defaults, seed 1 (CPU)"),
-        ("cpu-long-vae-seed0", "full", "VAE latent, least squares, seed 0 (CPU)")]),
+        ("cpu-long-vae-seed0", "full", "MRI -> CT MAE (HU): long recipe, seed 0 (CPU)"),
+        ("cpu-long-vae-seed1", "full", "long recipe, seed 1 (CPU)"),
+        ("cpu-long-det-seed1", "full", "defaults for 9,000 steps, seed 1 (CPU)")]),
     "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
                                                  ("ablate-ld2-seed1", "seed 1")]),
     "history-identity": lambda r: quality_rows(r, [
