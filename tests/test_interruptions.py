@@ -188,6 +188,25 @@ def test_a_run_resumed_after_ctrl_c_trains_only_the_rest_of_that_epoch(tiny_conf
     assert (state["epoch"], state["iterations"], state["interrupted"]) == (3, 12, False)
 
 
+def test_ctrl_c_at_an_epochs_last_step_commits_that_epoch_whole(tiny_config, tmp_path):
+    class CtrlC(keras.callbacks.Callback):  # seen at the next step's end: epoch 1's last
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    run, config = tmp_path / "run", tiny_config.replace(epochs=3, steps_per_epoch=4)
+    with pytest.raises(TrainingInterrupted):
+        fit(config, output=str(run), verbose=0, callbacks=[CtrlC()])
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert (state["epoch"], state["iterations"], state["interrupted"]) == (2, 8, False)
+    fit(config, output=str(run), resume=True, verbose=0)
+    assert finished_iterations(run) == 12
+    assert history_epochs(run) == [0, 1, 2]
+
+
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         tiny_config, tmp_path):
     class Poison(keras.callbacks.Callback):

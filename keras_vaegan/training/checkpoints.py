@@ -80,7 +80,7 @@ class FinishInterruptedEpoch(keras.callbacks.Callback):
         self._stopped = False
 
     def on_train_begin(self, logs=None):
-        done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) % self.steps_per_epoch
+        done = _iterations(self.model) % self.steps_per_epoch
         self.remaining = self.steps_per_epoch - done if done else None
         self._stopped = False
 
@@ -108,7 +108,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     Older files are pruned to ``keep``, except every ``every``-th epoch's
     (``Config.checkpoint_every``), kept to score a long run's trajectory.
     After a Ctrl-C the state at that step is saved and marked as inside its
-    epoch; ``--resume`` trains the rest of that epoch from it
+    epoch (unless it was the epoch's last step: then the epoch is whole);
+    ``--resume`` trains the rest of that epoch from it
     (``FinishInterruptedEpoch``; the learning-rate schedule follows the
     optimizer's step counter).
     """
@@ -125,14 +126,21 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if any(not np.isfinite(float(v)) for v in (logs or {}).values()):
             return  # diverged: keep the last good checkpoint
         interrupted = self.interrupt is not None and self.interrupt.requested
+        steps = (self.params or {}).get("steps")
+        if interrupted and steps and _iterations(self.model) % steps == 0:
+            interrupted = False  # the Ctrl-C stopped at the epoch's last step: it is whole
         save_checkpoint(self.model, self.directory, epoch if interrupted else epoch + 1,
                         keep=self.keep, interrupted=interrupted, every=self.every)
+
+
+def _iterations(model) -> int:
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def save_checkpoint(model, directory: str, epoch: int, keep: int = 2,
                     interrupted: bool = False, every: int = 0) -> str:
     os.makedirs(directory, exist_ok=True)
-    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    iterations = _iterations(model)
     name = (f"epoch-{epoch:04d}-step-{iterations:08d}.weights.h5" if interrupted
             else checkpoint_name(epoch))
     with atomic_path(os.path.join(directory, name)) as tmp:
