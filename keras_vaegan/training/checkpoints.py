@@ -64,8 +64,9 @@ class FinishInterruptedEpoch(keras.callbacks.Callback):
 
     Why: that checkpoint holds the optimizer's step counter from inside an
     epoch, and Keras's ``fit`` runs whole epochs of ``steps_per_epoch``, so
-    the interrupted epoch would run in full again and every piece of a long
-    run would end up to one epoch past its step budget (at learning rate 0).
+    the interrupted epoch would run in full again: each piece of a long run
+    would add up to one epoch's steps, and the run would end that far past
+    its step budget (those last steps at learning rate 0).
     This stops the first epoch at its boundary (``stop_training`` at that
     step, which the epoch's end clears again unless a Ctrl-C or a NaN asked
     for it), so that every epoch ends on a multiple of ``steps_per_epoch``.
