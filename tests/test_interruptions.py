@@ -166,18 +166,25 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert state["iterations"] >= 3
 
 
+class CtrlC(keras.callbacks.Callback):
+    """A real SIGINT to this process after step ``batch`` of ``epoch`` (seen at the next step)."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.at = (epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_a_run_resumed_after_ctrl_c_trains_only_the_rest_of_that_epoch(tiny_config, tmp_path):
-    class CtrlC(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 1 and batch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
     run, config = tmp_path / "run", tiny_config.replace(epochs=3, steps_per_epoch=4)
     with pytest.raises(TrainingInterrupted):
-        fit(config, output=str(run), verbose=0, callbacks=[CtrlC()])
+        fit(config, output=str(run), verbose=0, callbacks=[CtrlC(1, 1)])
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert state["interrupted"] and state["epoch"] == 1
     assert 4 < state["iterations"] < 8  # inside the second epoch
@@ -189,17 +196,9 @@ def test_a_run_resumed_after_ctrl_c_trains_only_the_rest_of_that_epoch(tiny_conf
 
 
 def test_ctrl_c_at_an_epochs_last_step_commits_that_epoch_whole(tiny_config, tmp_path):
-    class CtrlC(keras.callbacks.Callback):  # seen at the next step's end: epoch 1's last
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 1 and batch == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-
     run, config = tmp_path / "run", tiny_config.replace(epochs=3, steps_per_epoch=4)
-    with pytest.raises(TrainingInterrupted):
-        fit(config, output=str(run), verbose=0, callbacks=[CtrlC()])
+    with pytest.raises(TrainingInterrupted):  # seen at the end of epoch 1's last step
+        fit(config, output=str(run), verbose=0, callbacks=[CtrlC(1, 2)])
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert (state["epoch"], state["iterations"], state["interrupted"]) == (2, 8, False)
     fit(config, output=str(run), resume=True, verbose=0)
