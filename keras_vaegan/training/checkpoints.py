@@ -73,16 +73,16 @@ class FinishInterruptedEpoch(keras.callbacks.Callback):
     A run not resumed mid-epoch is left alone.
     """
 
-    def __init__(self, steps_per_epoch: int, interrupt: GracefulInterrupt | None = None):
+    def __init__(self, interrupt: GracefulInterrupt | None = None):
         super().__init__()
-        self.steps_per_epoch = steps_per_epoch
         self.interrupt = interrupt
         self.remaining: int | None = None  # steps left in the first epoch, if it was cut
         self._stopped = False
 
     def on_train_begin(self, logs=None):
-        done = _iterations(self.model) % self.steps_per_epoch
-        self.remaining = self.steps_per_epoch - done if done else None
+        steps = (self.params or {}).get("steps")  # fit's steps_per_epoch
+        done = _iterations(self.model) % steps if steps else 0
+        self.remaining = steps - done if done else None
         self._stopped = False
 
     def on_train_batch_end(self, batch, logs=None):

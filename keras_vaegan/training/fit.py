@@ -130,7 +130,7 @@ def _fit(config, run, checkpoints, data_root, mri_dir, ct_dir, resume, validatio
                             initial_epoch=initial_epoch,
                             checkpoint_every=config.checkpoint_every) if distribution.is_chief \
         else [FaultPoint("worker-epoch-end")]
-    callbacks = [interrupt, FinishInterruptedEpoch(config.steps_per_epoch, interrupt),
+    callbacks = [interrupt, FinishInterruptedEpoch(interrupt),
                  keras.callbacks.TerminateOnNaN(), *writers, *(callbacks or [])]
     if initial_epoch < config.epochs:
         history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
