@@ -47,7 +47,11 @@ with ``--resume`` continues each variant from its last complete epoch (as
 pieces' epochs and ``pieces`` says how many there were. With ``--set
 checkpoint_every=N`` each variant also gets a ``trajectory``: every Nth
 epoch's checkpoint scored as the run is (MAE, PSNR, SSIM, by class), to show
-where a long run stops gaining.
+where a long run stops gaining. ``--rescore`` (with ``--keep``) scores the
+kept runs again with today's prediction code and rewrites the result file,
+keeping their training minutes. Each variant's ``mri2ct`` is what
+``predict`` returns (mirror-averaged, ``models/mirror.py``);
+``mri2ct_single_pass`` is the same run with one pass per slice.
 
     python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long
     python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long --resume
@@ -292,6 +296,9 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
     run = load_run(run_dir)
     # 2-D SSIM, as every committed result (evaluate's default is SynthRAD's 3-D SSIM now)
     report = evaluate(test_root, test_root, run=run, batch_size=8, ssim_mode="2d")
+    # what mirror averaging (models/mirror.py) adds: the same run with one pass per slice
+    single = evaluate(test_root, test_root, run=load_run(run_dir, mirror_average=False),
+                      batch_size=8, ssim_mode="2d")["mean"] if run.config.mirror_average else None
     subjects = sorted(os.listdir(test_root))
     stds, errors, ct2mri, panels, tissues = [], [], [], [], ([], [], [])
     for subject in subjects:
@@ -314,6 +321,7 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
                        ct.voxels[level], error[level], sampled.std[level]])
     result = {
         "mri2ct": report["mean"],
+        "mri2ct_single_pass": single,
         "ct2mri_mae_units": float(np.mean(np.concatenate(ct2mri))),
         "uncertainty_spearman": (rank_correlation(np.concatenate(stds), np.concatenate(errors))
                                  if uncertainty else None),
@@ -494,6 +502,16 @@ def train_paired(config, mri: np.ndarray, ct: np.ndarray, run_dir: str) -> None:
     config.save(os.path.join(run_dir, CONFIG_FILE))
 
 
+def recorded_training(name: str, variant: str) -> dict:
+    """What results/NAME.json says of a variant's training (minutes, pieces), or {}."""
+    try:
+        with open(os.path.join(common.RESULTS, f"{name}.json"), encoding="utf-8") as handle:
+            kept = json.load(handle).get("variants", {}).get(variant, {})
+    except FileNotFoundError:
+        return {}
+    return {key: kept[key] for key in ("train_minutes", "pieces") if key in kept}
+
+
 def merge_result(name: str, results: dict) -> dict:
     """Add this invocation's variants to results/NAME.json when the budget matches."""
     path = os.path.join(common.RESULTS, f"{name}.json")
@@ -595,6 +613,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="with --keep: continue each variant's kept run from its last "
                         "complete epoch, on the kept data")
+    parser.add_argument("--rescore", action="store_true",
+                        help="with --keep: score each kept variant again with today's code "
+                        "(prediction, metrics) and rewrite the result file; no training")
     parser.add_argument("--score", metavar="RUN",
                         help="only score this run (kept with --keep) and draw its figure")
     parser.add_argument("--table", nargs="+", metavar="JSON",
@@ -607,7 +628,7 @@ def main() -> None:
     import click
 
     from keras_vaegan.cli import parse_set
-    from keras_vaegan.config import Config
+    from keras_vaegan.config import MODEL_FILE, Config
     from keras_vaegan.errors import VAEGANError
     from keras_vaegan.training.callbacks import CHECKPOINTS
     from keras_vaegan.training.checkpoints import read_checkpoint_state
@@ -616,10 +637,13 @@ def main() -> None:
     unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
-    if args.resume and not args.keep:
-        parser.error("--resume: needs --keep (the folder of the runs to continue)")
-    if args.resume and any(name in REFERENCES for name in args.variants.split(",")):
-        parser.error(f"--resume: the {', '.join(REFERENCES)} reference trains in one piece")
+    for flag, wanted in (("--resume", args.resume), ("--rescore", args.rescore)):
+        if wanted and not args.keep:
+            parser.error(f"{flag}: needs --keep (the folder of the runs to continue)")
+        if wanted and any(name in REFERENCES for name in args.variants.split(",")):
+            parser.error(f"{flag}: the {', '.join(REFERENCES)} reference trains in one piece")
+    if args.rescore and args.resume:
+        parser.error("--rescore: scores the kept runs as they are; leave out --resume")
     try:
         overrides = parse_set(args.set)
         base = Config(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
@@ -632,7 +656,11 @@ def main() -> None:
     args.name = args.name or ("phantom64" if args.phantom == "classic" else "head64")
     base = base.replace(phantom=args.phantom)  # recorded; fit reads the volumes written here
     work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
-    if args.resume and os.path.isdir(split_paths(os.path.join(work, "data"))["test"]):
+    if args.rescore:  # the kept runs and the split they were trained and scored on
+        paths = split_paths(os.path.join(work, "data"))
+        if not os.path.isdir(paths["test"]):
+            parser.error(f"--rescore: no kept test data under {work}")
+    elif args.resume and os.path.isdir(split_paths(os.path.join(work, "data"))["test"]):
         paths = split_paths(os.path.join(work, "data"))  # the split the first piece wrote
     else:
         paths = write_split(os.path.join(work, "data"), args.image_size, args.train_subjects,
@@ -649,9 +677,12 @@ def main() -> None:
         config = base.replace(**VARIANTS[name])
         run_dir = os.path.join(work, f"run-{name}")
         resume = args.resume and read_checkpoint_state(os.path.join(run_dir, CHECKPOINTS)) is not None
-        before = clock_so_far(run_dir) if resume else {"minutes": 0.0, "pieces": 0}
+        before = clock_so_far(run_dir) if resume or args.rescore else {"minutes": 0.0, "pieces": 0}
         start = time.perf_counter()
-        if name == "paired":
+        if args.rescore:
+            if not os.path.isfile(os.path.join(run_dir, MODEL_FILE)):
+                parser.error(f"--rescore: {run_dir} holds no finished run")
+        elif name == "paired":
             train_paired(config, *paired_training_slices(args.seed, args.train_subjects,
                                                          args.slices, args.image_size, config,
                                                          kind=args.phantom),
@@ -666,15 +697,19 @@ def main() -> None:
                 print(f"interrupted: {name} saved at its last step; to go on: {how}",
                       file=sys.stderr)
                 raise SystemExit(130) from None
-        minutes = before["minutes"] + (time.perf_counter() - start) / 60
+        minutes = before["minutes"] + (0 if args.rescore else (time.perf_counter() - start) / 60)
         figure = os.path.join(common.RESULTS, f"quality-{args.name}-{name}-seed{args.seed}.png")
         # a reference's log-variance heads were never trained: no uncertainty map
         scored = score_variant(run_dir, paths["test"], figure, uncertainty=name not in REFERENCES)
         results["variants"][name] = {**scored, "train_minutes": round(minutes, 1),
                                      "precision": trained_precision(run_dir),
                                      "config": VARIANTS[name]}
-        if before["pieces"]:
-            results["variants"][name]["pieces"] = before["pieces"] + 1
+        pieces = before["pieces"] + (0 if args.rescore else 1)  # a rescore trains no piece
+        if pieces > 1:
+            results["variants"][name]["pieces"] = pieces
+        if args.rescore:  # the minutes the result file holds count up to the model's save
+            results["variants"][name].update(
+                recorded_training(f"quality-{args.name}-seed{args.seed}", name))
         if config.checkpoint_every and name not in REFERENCES:
             results["variants"][name]["trajectory"] = score_trajectory(run_dir, paths["test"])
         print(json.dumps({name: results["variants"][name]}), flush=True)

@@ -75,7 +75,8 @@ class Config:
     # training; False: z = mu (a deterministic latent), which tied the VAE on the classic phantom
     # (105 vs 109 HU, three seeds) and won on the head one (benchmarks/RESULTS.md)
     judge_mean: bool = False  # True (with vae_sampling): the discriminators and the structure
-    # term see the z = mu translation (what predict returns); the sampled one goes round the cycle
+    # term see the z = mu translation (predict's, before mirror_average); the sampled one goes
+    # round the cycle
     skip_connections: bool = False  # U-Net skips around the latent (lets G ignore z)
     upsampling: str = "bilinear"  # bilinear | nearest | transpose
     padding: str = "zeros"  # zeros | reflect: how every generator convolution pads its border
@@ -113,6 +114,10 @@ class Config:
     decay_start: float = 0.5  # fraction of all steps after which the LR decays to 0
     ema_momentum: float = 0.0  # >0: the saved generators are this moving average of their
     # weights (0.995 averages about the last 200 steps); 0: the last step's weights
+    # --- prediction ---------------------------------------------------------------
+    mirror_average: bool = True  # predict, evaluate, export and the snapshots return the mean
+    # of the translations of each slice and of its left-right mirror (models/mirror.py): a
+    # second pass per slice; it scored 20-30 HU better on the phantom (benchmarks/RESULTS.md)
     # --- run ----------------------------------------------------------------------
     seed: int = 0
     mixed_precision: str = "auto"  # auto: float16 on GPU, bfloat16 on a bf16 CPU, else float32

@@ -118,6 +118,23 @@ def test_translate_slices_batches_keep_order_and_match_single(loaded):
         np.testing.assert_allclose(mean, single, atol=1e-4)
 
 
+def test_load_run_can_turn_mirror_averaging_off(run_dir):
+    """A run predicts mirror-averaged unless loaded with ``mirror_average=False``: one pass."""
+    image = _mri(32, 40).astype(np.float32) / 500.0 - 1.0
+    image[:, :7] = -1.0  # air on one side only: the slice is not its own mirror
+    default, single = load_run(str(run_dir)), load_run(str(run_dir), mirror_average=False)
+    assert default.model.settings.mirror_average and default.config.mirror_average
+    assert not single.model.settings.mirror_average and not single.config.mirror_average
+    net = single.model.g_ct
+    one_pass = np.asarray(net(image[None, :, :, None], training=False, sample=False)[0])[0, ..., 0]
+    of_mirror = np.asarray(net(image[None, :, ::-1, None].copy(), training=False,
+                               sample=False)[0])[0, :, ::-1, 0]
+    np.testing.assert_allclose(translate_slice(single.model, image)[0], one_pass, atol=5e-5)
+    np.testing.assert_allclose(translate_slice(default.model, image)[0],
+                               (one_pass + of_mirror) / 2, atol=5e-5)
+    assert np.abs(one_pass - of_mirror).max() > 1e-3
+
+
 def test_find_newest_run_picks_the_latest_model(tmp_path, run_dir):
     root = tmp_path / "savedmodels"
     for name, mtime in (("old", 1_000_000), ("new", 2_000_000), ("mid", 1_500_000)):

@@ -271,10 +271,11 @@ def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, 
         "quality.py", "--phantom", "head", "--steps", "4", "--steps-per-epoch", "2",
         "--image-size", "32", "--batch-size", "2", "--train-subjects", "1",
         "--test-subjects", "1", "--slices", "3", "--variants", "full", *tiny,
-        "--set", "checkpoint_every=1"])
+        "--set", "checkpoint_every=1", "--keep", str(tmp_path / "kept")])
     quality.main()
     result = json.loads((tmp_path / "quality-head64-seed0.json").read_text())
-    assert modes == ["2d"] * 3  # the run, then each epoch of its trajectory
+    # the run, then each epoch of its trajectory; each mirror-averaged, then in one pass
+    assert modes == ["2d"] * 6
     assert result["phantom"] == "head" and result["steps"] == 4
     assert result["constant_floor_mae_hu"] > result["lookup_table_floor_mae_hu"] \
         > result["anatomy_floor_mae_hu"]
@@ -290,6 +291,19 @@ def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, 
         2].startswith("| full + ")
     assert "head phantom" in quality.markdown_table(
         [str(tmp_path / "quality-head64-seed0.json")]).splitlines()[2]
+    single = full["mri2ct_single_pass"]
+    assert single["mae_hu"] != full["mri2ct"]["mae_hu"]  # an untrained generator is not symmetric
+
+    # --rescore: the kept run scored again, nothing trained, its training minutes kept
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--rescore"])
+    import keras_vaegan.training.fit as training
+
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: pytest.fail("it trained"))
+    quality.main()
+    again = json.loads((tmp_path / "quality-head64-seed0.json").read_text())["variants"]["full"]
+    assert again["train_minutes"] == full["train_minutes"] and "pieces" not in again
+    assert again["mri2ct"] == full["mri2ct"] and again["mri2ct_single_pass"] == single
+    assert [point["epoch"] for point in again["trajectory"]] == [1, 2]
 
 
 def test_a_run_in_pieces_adds_up_its_training_minutes(tmp_path, monkeypatch):
@@ -304,13 +318,15 @@ def test_a_run_in_pieces_adds_up_its_training_minutes(tmp_path, monkeypatch):
     assert quality.clock_so_far(str(tmp_path)) == {"minutes": 7.0, "pieces": 2}
 
 
-@pytest.mark.parametrize("extra", [["--resume"], ["--resume", "--keep", "k", "--variants", "paired"]])
-def test_resume_needs_a_kept_folder_and_a_fit_variant(extra, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["quality.py", *extra])
+@pytest.mark.parametrize("flag", ["--resume", "--rescore"])
+@pytest.mark.parametrize("extra", [[], ["--keep", "k", "--variants", "paired"]])
+def test_resume_and_rescore_need_a_kept_folder_and_a_fit_variant(flag, extra, monkeypatch,
+                                                                 capsys):
+    monkeypatch.setattr(sys, "argv", ["quality.py", flag, *extra])
     with pytest.raises(SystemExit) as stop:
         quality.main()
     assert stop.value.code == 2
-    assert "--resume" in capsys.readouterr().err
+    assert flag in capsys.readouterr().err
 
 
 def test_an_interrupted_run_says_how_to_go_on(tmp_path, monkeypatch, capsys):

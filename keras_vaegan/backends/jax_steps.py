@@ -151,9 +151,15 @@ def compiled_forward(compiled, net) -> Callable:
     """Prediction's compiled pass of ``net`` for ``compiled.shape`` (see ``inference.compiled``)."""
     def pure(trainable, non_trainable, images):
         compiled.traces += 1
-        (image, _, _), non_trainable = net.stateless_call(
-            trainable, non_trainable, images, training=False, sample=compiled.sample)
-        return image, non_trainable
+        state = non_trainable  # the latent's seed state, threaded through both mirror passes
+
+        def forward(x):
+            nonlocal state
+            (image, _, _), state = net.stateless_call(
+                trainable, state, x, training=False, sample=compiled.sample)
+            return image
+
+        return compiled.averaged(forward, images), state
 
     jitted = jax.jit(pure)
 

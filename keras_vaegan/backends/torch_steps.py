@@ -76,7 +76,6 @@ def compiled_forward(compiled, net) -> Callable:
 
     def run(images):
         with torch.no_grad():
-            return net(keras.ops.convert_to_tensor(images), training=False,
-                       sample=compiled.sample)[0]
+            return compiled.translated(net, keras.ops.convert_to_tensor(images))
 
     return run

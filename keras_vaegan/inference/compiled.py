@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_vaegan import backends
+from keras_vaegan.models.mirror import mirror_averaged
 
 MAX_CACHED = 32  # compiled functions kept per model (each holds a traced graph)
 _CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, CompiledTranslation]]" = \
@@ -29,6 +30,11 @@ _CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, CompiledTranslation]]" = 
 def context_of(model) -> int:
     """K, the slices a model sees per stack (``config.context_slices``); 1 for a 2-D model."""
     return int(getattr(getattr(model, "settings", None), "context_slices", 1))
+
+
+def mirrors(model) -> bool:
+    """Whether the model's predictions are mirror-averaged (``config.mirror_average``)."""
+    return bool(getattr(getattr(model, "settings", None), "mirror_average", False))
 
 
 def generator_of(model, direction: str):
@@ -44,16 +50,26 @@ class CompiledTranslation:
     ``traces`` counts how often the Python function was traced (compiled).
     """
 
-    def __init__(self, net, shape: tuple[int, int, int], sample: bool, channels: int = 1):
+    def __init__(self, net, shape: tuple[int, int, int], sample: bool, channels: int = 1,
+                 mirror: bool = False):
         self.shape, self.sample, self.traces = shape, sample, 0
         self.channels = int(channels)
+        self.mirror = bool(mirror)  # mirror-averaged (models.mirror): two passes per batch
         self.input_shape = shape + (self.channels,)
         self._run = backends.get().compiled_forward(self, net)
 
     def forward(self, net, images):
-        """The traced body: one generator pass, the translated image only."""
+        """The traced body (counted in ``traces``): the translated image only."""
         self.traces += 1
-        return net(images, training=False, sample=self.sample)[0]
+        return self.translated(net, images)
+
+    def translated(self, net, images):
+        """The generator's translation of ``images``, mirror-averaged if ``mirror``."""
+        return self.averaged(lambda x: net(x, training=False, sample=self.sample)[0], images)
+
+    def averaged(self, forward, images):
+        """``forward(images)``, mirror-averaged if ``mirror`` (for a backend's own pass)."""
+        return mirror_averaged(forward, images, self.mirror)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if images.shape != self.input_shape:
@@ -77,5 +93,6 @@ def compiled_translation(model, direction: str, shape: tuple[int, int, int],
     if key not in functions:
         if len(functions) >= MAX_CACHED:  # a folder of many slice sizes: drop the oldest
             del functions[next(iter(functions))]
-        functions[key] = CompiledTranslation(net, key[1], key[2], channels=context_of(model))
+        functions[key] = CompiledTranslation(net, key[1], key[2], channels=context_of(model),
+                                             mirror=mirrors(model))
     return functions[key]

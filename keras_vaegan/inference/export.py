@@ -24,8 +24,10 @@ Inside the graph, exactly as ``predict`` does per slice: MRI is scaled by its
 own robust percentiles (numpy's default 'linear' interpolation on the finite
 values of each image in the batch; of a stack's centre slice for K > 1), CT by
 the run's HU window; the image is padded evenly with air (-1) to a multiple
-of the generator's stride, translated with ``z = mu``, cropped back and
-mapped to output units. The
+of the generator's stride, translated with ``z = mu`` (the mean of the
+translations of the image and of its mirror, mirrored back, unless the run's
+``mirror_average`` is off: ``models/mirror.py``), cropped back and mapped to
+output units. The
 arithmetic of the maps runs in float64, as ``data/units.py`` does. Each image
 of a batch is normalised on its own; the images of one request must share
 height and width (send different sizes as separate requests).
@@ -56,7 +58,9 @@ import tempfile
 from keras_vaegan.backends.layer_calls import replaced_calls
 from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
+from keras_vaegan.inference.compiled import mirrors
 from keras_vaegan.io.atomic import durable_rename
+from keras_vaegan.models.mirror import mirror_averaged
 
 FORMATS = ("savedmodel", "onnx")
 SIGNATURES = {"serving_default": "mri2ct", "ct2mri": "ct2mri"}
@@ -161,6 +165,7 @@ class ServingModule:
         self.output_maps = {"mri": output_map("mri", config)[1], "ct": output_map("ct", config)[1]}
         self.samples = int(samples)
         self.generators = {"mri2ct": model.g_ct, "ct2mri": model.g_mri}
+        self.mirror = mirrors(model)  # as predict's compiled pass reads it
         self.channels = input_channels(model)
         self.centre = self.channels // 2
 
@@ -195,7 +200,7 @@ class ServingModule:
         in_modality, out_modality = ("mri", "ct") if direction == "mri2ct" else ("ct", "mri")
         unit = self.to_unit(images, in_modality)
         padded, crop = self.pad(unit)
-        out = self.generators[direction](padded, training=False, sample=False)[0]
+        out = self.generated(padded, direction, sample=False)
         return self.from_unit(self.centre_slice(crop(out)), out_modality)
 
     def translate_samples(self, images, direction: str):
@@ -206,7 +211,7 @@ class ServingModule:
         padded, crop = self.pad(unit)
         batch = tf.shape(padded)[0]
         tiled = tf.tile(padded, [self.samples, 1, 1, 1])  # draw k of image b at k * batch + b
-        draws = self.generators[direction](tiled, training=False, sample=True)[0]
+        draws = self.generated(tiled, direction, sample=True)
         draws = tf.reshape(tf.cast(self.centre_slice(crop(draws)), tf.float32),
                            tf.concat([[self.samples, batch], tf.shape(images)[1:3], [1]], 0))
         mean = tf.reduce_mean(draws, axis=0)
@@ -214,6 +219,12 @@ class ServingModule:
         out_map = self.output_maps[out_modality]
         return (self.from_unit(mean, out_modality),
                 std * tf.constant((out_map.high - out_map.low) / 2.0, tf.float32))
+
+    def generated(self, padded, direction: str, sample: bool):
+        """The generator's pass as ``predict`` runs it (mirror-averaged unless the run says not)."""
+        net = self.generators[direction]
+        return mirror_averaged(lambda x: net(x, training=False, sample=sample)[0], padded,
+                               self.mirror)
 
     def centre_slice(self, stacks):
         """``[b, h, w, K]`` -> its centre channel ``[b, h, w, 1]`` (the slice being translated)."""

@@ -34,6 +34,7 @@ from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
 from keras_vaegan.models.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
+from keras_vaegan.models.mirror import mirror_averaged
 from keras_vaegan.models.optimizers import (
     OPTIMIZER_NAMES,
     OptimizerGroup,
@@ -105,9 +106,14 @@ class VAECycleGAN(keras.Model):
         return self.g_ct(inputs, training=training, sample=False)[0]
 
     def translate(self, images, direction: str = "mri2ct", sample: bool = False):
-        """Stacks [b, h, w, K] in [-1, 1] -> translated stacks [b, h, w, K] (z = mu unless sample)."""
+        """Stacks [b, h, w, K] in [-1, 1] -> translated stacks [b, h, w, K] (z = mu unless sample).
+
+        Mirror-averaged (``models.mirror``) unless the config's
+        ``mirror_average`` is off: what ``predict`` returns.
+        """
         net = self.g_ct if direction == "mri2ct" else self.g_mri
-        return net(images, training=False, sample=sample)[0]
+        return mirror_averaged(lambda x: net(x, training=False, sample=sample)[0], images,
+                               self.settings.mirror_average)
 
     @property
     def generator_updates(self) -> list:
