@@ -117,7 +117,8 @@ class Config:
     # --- prediction ---------------------------------------------------------------
     mirror_average: bool = True  # predict, evaluate, export and the snapshots return the mean
     # of the translations of each slice and of its left-right mirror (models/mirror.py): a
-    # second pass per slice; it scored 20-30 HU better on the phantom (benchmarks/RESULTS.md)
+    # second pass per slice; 6 HU better after 2,000 steps on the phantom, up to 30 HU at
+    # earlier checkpoints (benchmarks/RESULTS.md)
     # --- run ----------------------------------------------------------------------
     seed: int = 0
     mixed_precision: str = "auto"  # auto: float16 on GPU, bfloat16 on a bf16 CPU, else float32
