@@ -68,4 +68,5 @@ def training_flops_per_image(config: Config) -> int:
 
 
 def inference_flops_per_image(config: Config, side: int) -> int:
-    return generator_forward_flops(config, side)
+    """A predicted slice: one generator pass, two with mirror averaging (models/mirror.py)."""
+    return (2 if config.mirror_average else 1) * generator_forward_flops(config, side)
