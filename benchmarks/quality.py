@@ -281,8 +281,11 @@ def score_trajectory(run_dir: str, test_root: str) -> list[dict]:
                                    uncertainty=False)
         points.append({"epoch": epoch, "steps": epoch * config.steps_per_epoch,
                        "mri2ct": scored["mri2ct"],
+                       "mri2ct_single_pass": scored["mri2ct_single_pass"],
                        "mri2ct_mae_hu_by_class": scored["mri2ct_mae_hu_by_class"]})
-        print(f"trajectory: epoch {epoch}: {scored['mri2ct']['mae_hu']:.1f} HU", flush=True)
+        single = scored["mri2ct_single_pass"]
+        print(f"trajectory: epoch {epoch}: {scored['mri2ct']['mae_hu']:.1f} HU"
+              + (f" ({single['mae_hu']:.1f} in one pass)" if single else ""), flush=True)
     return points
 
 

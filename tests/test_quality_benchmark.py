@@ -304,6 +304,7 @@ def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, 
     assert again["train_minutes"] == full["train_minutes"] and "pieces" not in again
     assert again["mri2ct"] == full["mri2ct"] and again["mri2ct_single_pass"] == single
     assert [point["epoch"] for point in again["trajectory"]] == [1, 2]
+    assert again["trajectory"][-1]["mri2ct_single_pass"] == single
 
 
 def test_a_run_in_pieces_adds_up_its_training_minutes(tmp_path, monkeypatch):
