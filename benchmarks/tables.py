@@ -92,17 +92,25 @@ def _before_after(one: dict, both: dict):
 
 
 def mirror_rows(results: Results, rows: list[tuple[str, str, str]]) -> str:
-    """One pass per slice against predict's mirror average, the same weights (each 'a -> b')."""
+    """One pass per slice against predict's mirror average, the same weights (each 'a -> b').
+
+    Each run's kept checkpoints (its ``trajectory``) follow it, where they
+    were scored both ways; the last of them is the run itself.
+    """
     out = []
     for name, variant, label in rows:
         result, v = results.variant(name, variant)
-        one, both = v["mri2ct_single_pass"], v["mri2ct"]
-        pair = _before_after(one, both)
-        by_class = v["mri2ct_mae_hu_by_class"]
-        out.append([label, str(result["seed"]), str(result["steps"]), f"{one['mae_hu']:.1f}",
-                    f"{both['mae_hu']:.1f}", pair("psnr_db", ".1f"), pair("ssim", ".3f"),
-                    pair("through_plane_mae_hu", ".0f"),
-                    " / ".join(f"{by_class[c]:.0f}" for c in ("bone", "soft_tissue", "air"))])
+        points = [(f"{label}, a kept checkpoint", p) for p in v.get("trajectory", [])
+                  if p.get("mri2ct_single_pass") and p["steps"] != result["steps"]]
+        for text, point in [(label, v)] + points:
+            one, both = point["mri2ct_single_pass"], point["mri2ct"]
+            pair = _before_after(one, both)
+            by_class = point["mri2ct_mae_hu_by_class"]
+            steps = point.get("steps", result["steps"])
+            out.append([text, str(result["seed"]), str(steps), f"{one['mae_hu']:.1f}",
+                        f"{both['mae_hu']:.1f}", pair("psnr_db", ".1f"), pair("ssim", ".3f"),
+                        pair("through_plane_mae_hu", ".0f"),
+                        " / ".join(f"{by_class[c]:.0f}" for c in ("bone", "soft_tissue", "air"))])
     return _markdown(MIRROR_HEADER, out)
 
 
@@ -368,7 +376,7 @@ def _tissue_pairs(before: str, after: str, runs: list[tuple[str, str, str]]) -> 
 TABLES = {
     "quality-summary": lambda r: quality_short(r, [MIRRORED, ONE_PASS, PAIRED]),
     "quality-mirror": lambda r: mirror_rows(r, [
-        ("defaults-kept-seed0", "full", "defaults (2,000 steps)"),
+        ("defaults-kept-seed0", "full", "defaults"),
     ]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
