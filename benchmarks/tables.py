@@ -377,12 +377,15 @@ TABLES = {
     "quality-summary": lambda r: quality_short(r, [MIRRORED, ONE_PASS, PAIRED]),
     "quality-mirror": lambda r: mirror_rows(r, [
         ("defaults-kept-seed0", "full", "defaults"),
+        ("cpu-long-vae-s96-seed0", "full", "long recipe, 96 training subjects"),
     ]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),
          ("cpu-long-vae-seed0", "full", LONG_RECIPE + " (CPU, bf16, in three pieces)"),
          ("cpu-long-vae-seed1", "full", LONG_RECIPE + " (CPU, bf16)"),
+         ("cpu-long-vae-s96-seed0", "full", LONG_RECIPE + ", 96 training subjects (CPU, bf16; "
+          "mirror-averaged)"),
          ("cpu-long-det-seed0", "full", "defaults for 9,000 steps (CPU, bf16, in two pieces)"),
          ("cpu-long-det-seed1", "full", "defaults for 9,000 steps (CPU, bf16, in three pieces)"),
          ] + VAE_DEFAULTS + [

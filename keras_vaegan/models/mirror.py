@@ -5,7 +5,7 @@ a slice is as much a training image as the slice itself, and a translation
 should commute with the flip. A trained generator's does not exactly: the
 two translations differ by detail it made up, and on the phantom the two
 errors were so little correlated that their mean was closer to the CT than
-either: 6 HU after 2,000 steps, 8-30 HU at earlier checkpoints
+either: 5-6 HU at the end of two runs, 4-30 HU at earlier checkpoints
 (benchmarks/RESULTS.md). Averaging them costs a second
 forward pass and makes the prediction exactly mirror-symmetric (``predict``
 of a mirrored slice is the mirrored prediction). Prediction, evaluation,
