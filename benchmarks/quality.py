@@ -642,9 +642,10 @@ def main() -> None:
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     for flag, wanted in (("--resume", args.resume), ("--rescore", args.rescore)):
         if wanted and not args.keep:
-            parser.error(f"{flag}: needs --keep (the folder of the runs to continue)")
+            parser.error(f"{flag}: needs --keep (the folder of the kept runs)")
         if wanted and any(name in REFERENCES for name in args.variants.split(",")):
-            parser.error(f"{flag}: the {', '.join(REFERENCES)} reference trains in one piece")
+            parser.error(f"{flag}: the {', '.join(REFERENCES)} reference trains in one piece, "
+                         "without a training clock")
     if args.rescore and args.resume:
         parser.error("--rescore: scores the kept runs as they are; leave out --resume")
     try:

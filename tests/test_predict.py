@@ -462,7 +462,10 @@ def test_mixed_precision_predict_computes_in_bfloat16_close_to_float32(mri_folde
         outputs[name] = np.load(out / "a.npy")
     gap = np.abs(outputs["bf16"] - outputs["f32"])
     assert gap.max() > 0  # really computed in another precision
-    assert gap.mean() < 10.0, gap.mean()  # HU; bf16 keeps 8 bits of mantissa
+    # bf16 keeps 8 bits of mantissa: about 0.4 % per rounding, ~1.4 % of the image's spread
+    # after the generator's ~25 layers here (10 HU of 740); float32 and bf16 disagreeing on the
+    # image would be tens of percent
+    assert gap.mean() < 0.025 * outputs["f32"].std(), (gap.mean(), outputs["f32"].std())
     assert keras.mixed_precision.global_policy().name == policy_before
 
     # a run loaded already is used as loaded: asking for another precision is refused

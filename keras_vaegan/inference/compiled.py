@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_vaegan import backends
-from keras_vaegan.models.mirror import mirror_averaged
+from keras_vaegan.models.mirror import mirror_averaged, translated
 
 MAX_CACHED = 32  # compiled functions kept per model (each holds a traced graph)
 _CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, CompiledTranslation]]" = \
@@ -65,7 +65,7 @@ class CompiledTranslation:
 
     def translated(self, net, images):
         """The generator's translation of ``images``, mirror-averaged if ``mirror``."""
-        return self.averaged(lambda x: net(x, training=False, sample=self.sample)[0], images)
+        return translated(net, images, self.sample, self.mirror)
 
     def averaged(self, forward, images):
         """``forward(images)``, mirror-averaged if ``mirror`` (for a backend's own pass)."""

@@ -60,7 +60,7 @@ from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
 from keras_vaegan.inference.compiled import mirrors
 from keras_vaegan.io.atomic import durable_rename
-from keras_vaegan.models.mirror import mirror_averaged
+from keras_vaegan.models.mirror import translated
 
 FORMATS = ("savedmodel", "onnx")
 SIGNATURES = {"serving_default": "mri2ct", "ct2mri": "ct2mri"}
@@ -222,9 +222,7 @@ class ServingModule:
 
     def generated(self, padded, direction: str, sample: bool):
         """The generator's pass as ``predict`` runs it (mirror-averaged unless the run says not)."""
-        net = self.generators[direction]
-        return mirror_averaged(lambda x: net(x, training=False, sample=sample)[0], padded,
-                               self.mirror)
+        return translated(self.generators[direction], padded, sample, self.mirror)
 
     def centre_slice(self, stacks):
         """``[b, h, w, K]`` -> its centre channel ``[b, h, w, 1]`` (the slice being translated)."""

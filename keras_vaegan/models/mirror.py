@@ -9,7 +9,7 @@ either: 5-6 HU at the end of two runs, 4-30 HU at earlier checkpoints
 (benchmarks/RESULTS.md). Averaging them costs a second
 forward pass and makes the prediction exactly mirror-symmetric (``predict``
 of a mirrored slice is the mirrored prediction). Prediction, evaluation,
-export and the snapshots all translate through ``mirror_averaged``, so they
+export and the snapshots all translate through ``translated``, so they
 agree; training does not (its losses see single passes).
 """
 
@@ -40,3 +40,12 @@ def mirror_averaged(forward: Callable, images, enabled: bool = True):
     direct = forward(images)
     mirrored = mirror(forward(mirror(images)))
     return keras.ops.multiply(keras.ops.add(direct, mirrored), keras.ops.cast(0.5, direct.dtype))
+
+
+def translated(net, images, sample: bool, enabled: bool):
+    """A generator's translated image (``z = mu`` unless ``sample``), mirror-averaged if enabled.
+
+    The one prediction pass ``VAECycleGAN.translate``, predict's compiled
+    pass and the export's serving graph all run.
+    """
+    return mirror_averaged(lambda x: net(x, training=False, sample=sample)[0], images, enabled)

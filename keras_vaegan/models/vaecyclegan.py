@@ -34,7 +34,7 @@ from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
 from keras_vaegan.models.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
-from keras_vaegan.models.mirror import mirror_averaged
+from keras_vaegan.models.mirror import translated
 from keras_vaegan.models.optimizers import (
     OPTIMIZER_NAMES,
     OptimizerGroup,
@@ -112,8 +112,7 @@ class VAECycleGAN(keras.Model):
         ``mirror_average`` is off: what ``predict`` returns.
         """
         net = self.g_ct if direction == "mri2ct" else self.g_mri
-        return mirror_averaged(lambda x: net(x, training=False, sample=sample)[0], images,
-                               self.settings.mirror_average)
+        return translated(net, images, sample, self.settings.mirror_average)
 
     @property
     def generator_updates(self) -> list:
