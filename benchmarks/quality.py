@@ -575,6 +575,29 @@ def trained_precision(run_dir: str) -> str:
         return json.load(handle).get("precision_policy", "")
 
 
+_HELD: list = []  # the lock files of the --keep folders this process works in
+
+
+def hold_folder(folder: str) -> bool:
+    """Lock ``folder`` for this process (False: another process holds it).
+
+    Two runs sharing a ``--keep`` folder would write their phantom splits
+    over each other and score on the other's test data. The lock is an
+    ``flock`` on a file inside, released when the process ends, even killed.
+    """
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    handle = open(os.path.join(folder, ".quality.lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return False
+    _HELD.append(handle)
+    return True
+
+
 def result_header(args, base, overrides: dict, test_root: str) -> dict:
     """What a result file records before any variant: the budget, the phantom and its floors."""
     floor_args = (args.seed, args.test_subjects, args.slices, args.image_size)
@@ -660,6 +683,9 @@ def main() -> None:
     args.name = args.name or ("phantom64" if args.phantom == "classic" else "head64")
     base = base.replace(phantom=args.phantom)  # recorded; fit reads the volumes written here
     work = args.keep or tempfile.mkdtemp(prefix="vaegan-quality-")
+    if args.keep and not hold_folder(work):
+        parser.error(f"--keep: {work} is in use by another quality.py run (its data and runs "
+                     "would be overwritten); give each run its own folder")
     if args.rescore:  # the kept runs and the split they were trained and scored on
         paths = split_paths(os.path.join(work, "data"))
         if not os.path.isdir(paths["test"]):

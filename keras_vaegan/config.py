@@ -21,6 +21,7 @@ MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 PHANTOM_KINDS = ("classic", "head")  # data.phantom, data.phantom_head
 GENERATOR_PADDING = ("zeros", "reflect")
+STRUCTURE_KINDS = ("gradient", "mind")
 MAX_CONTEXT_SLICES = 15  # 2.5-D stacks wider than this are thicker than the anatomy they help
 
 # a run folder: what fit writes and predict, evaluate and export read
@@ -101,6 +102,8 @@ class Config:
     beta_kl: float = 0.0  # weight of the KL term; 1e-3 with vae_sampling=true (the VAE)
     lambda_structure: float = 1.0  # keep the input's edges (gradient-magnitude correlation); 0:
     # off, as in CycleGAN; on, the phantom's sCT improved 137/160 -> 126/129 HU (RESULTS.md)
+    structure_kind: str = "gradient"  # gradient (gradient-magnitude correlation) | mind
+    # (MIND self-similarity descriptors, L1)
     structure_scales: int = 1  # >1: the structure term averaged over this many scales, each a
     # 2x average-pool of the previous
     pool_size: int = 50
@@ -199,9 +202,14 @@ class Config:
              "must be an odd number >= 1 (the slice itself and as many neighbours each side)")
         need(self.context_slices <= MAX_CONTEXT_SLICES, "context_slices",
              f"at most {MAX_CONTEXT_SLICES}")
+        need(self.structure_kind in STRUCTURE_KINDS, "structure_kind",
+             f"one of {', '.join(STRUCTURE_KINDS)}")
         need(self.structure_scales >= 1, "structure_scales", "must be >= 1")
         need(4 * 2 ** (self.structure_scales - 1) <= self.image_size, "structure_scales",
              "its coarsest scale must keep at least 4 pixels of image_size")
+        need(self.structure_kind != "mind" or 8 * 2 ** (self.structure_scales - 1)
+             <= self.image_size, "structure_scales",
+             "with structure_kind=mind its coarsest scale must keep at least 8 pixels")
         for key in ("lambda_cycle", "lambda_identity", "beta_kl", "lambda_structure",
                     "rotation_deg", "zoom", "translation", "mri_intensity_jitter"):
             need(getattr(self, key) >= 0, key, "must be >= 0")

@@ -9,7 +9,14 @@ import pytest
 from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator, block_strides
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
-from keras_vaegan.models.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
+from keras_vaegan.models.losses import (
+    MIND_OFFSETS,
+    adversarial_loss,
+    kl_divergence,
+    l1_loss,
+    mind_descriptors,
+    structure_loss,
+)
 
 pytestmark = pytest.mark.backend
 
@@ -220,6 +227,52 @@ def test_multi_scale_structure_term_averages_the_term_over_pooled_scales():
     assert float(to_np(structure_loss(a, -0.5 * a + 0.2, scales=3))) == pytest.approx(0, abs=1e-4)
 
 
+def _np_mind(x: np.ndarray) -> np.ndarray:
+    """MIND in numpy, pixel by pixel: 3x3 patch distances to the 8 neighbours' patches."""
+    x = x[..., 0].astype(np.float64)
+    n, h, w = x.shape
+    out = np.zeros((n, h - 4, w - 4, len(MIND_OFFSETS)))
+    for k, (dy, dx) in enumerate(MIND_OFFSETS):
+        for i in range(h - 4):
+            for j in range(w - 4):
+                patch = x[:, i + 1:i + 4, j + 1:j + 4]  # around pixel (i + 2, j + 2)
+                moved = x[:, i + 1 + dy:i + 4 + dy, j + 1 + dx:j + 4 + dx]
+                out[:, i, j, k] = ((patch - moved) ** 2).mean(axis=(1, 2))
+    variance = out.mean(axis=-1, keepdims=True)
+    typical = variance.mean(axis=(1, 2, 3), keepdims=True)
+    variance = np.clip(variance, 1e-3 * typical + 1e-12, 1e3 * typical + 1e-12)
+    descriptors = np.exp(-out / variance)
+    return descriptors / descriptors.max(axis=-1, keepdims=True)
+
+
+def test_mind_descriptors_match_a_pixelwise_reference_and_ignore_contrast():
+    a = np.concatenate([_ring(10.0), _ring(6.0, shift=3)])
+    a = a + 0.05 * np.random.default_rng(0).standard_normal(a.shape).astype("float32")
+    got = to_np(mind_descriptors(a))
+    assert got.shape == (2, 28, 28, 8)
+    np.testing.assert_allclose(got, _np_mind(a), atol=1e-5)
+    # a contrast flip and rescale (bone dark on MRI, bright on CT) leaves MIND unchanged ...
+    assert float(to_np(structure_loss(a, -0.5 * a + 0.2, kind="mind"))) == pytest.approx(
+        0.0, abs=1e-5)
+    # ... a moved or widened ring does not, and a flat output is finite
+    moved = float(to_np(structure_loss(_ring(10.0), _ring(10.0, shift=2), kind="mind")))
+    wider = float(to_np(structure_loss(_ring(10.0), _ring(12.0), kind="mind")))
+    flat = float(to_np(structure_loss(_ring(10.0), np.zeros_like(_ring(10.0)), kind="mind")))
+    assert moved > 0.05 and wider > 0.05 and np.isfinite(flat) and flat > moved
+
+
+def test_structure_kind_is_checked_and_mind_keeps_8_pixels_at_its_coarsest_scale():
+    from keras_vaegan.config import Config
+    from keras_vaegan.errors import VAEGANError
+
+    with pytest.raises(VAEGANError, match="config key 'structure_kind': one of gradient, mind"):
+        Config(structure_kind="sobel")
+    Config(structure_kind="mind", image_size=32, structure_scales=3)  # 8 pixels at 1/4
+    with pytest.raises(VAEGANError, match="'structure_scales': with structure_kind=mind"):
+        Config(structure_kind="mind", image_size=32, structure_scales=4)
+    Config(image_size=32, structure_scales=4)  # the gradient term needs only 4
+
+
 def test_high_pass_channel_is_a_laplacian_zero_on_a_constant_image():
     from keras_vaegan.models.discriminator import laplacian
 
@@ -252,6 +305,7 @@ def test_high_pass_discriminator_sees_the_image_and_its_laplacian():
 VAE = {"vae_sampling": True, "beta_kl": 1e-3}
 NON_DEFAULT_OPTIONS = {"vae": VAE, "padding": {"padding": "reflect"},
                        "structure_scales": {"structure_scales": 3},
+                       "structure_kind": {"structure_kind": "mind"},
                        "disc_high_pass": {"disc_high_pass": True},
                        "judge_mean": {**VAE, "judge_mean": True},  # only acts on a sampled latent
                        "disc_head_warmup": {"disc_head_warmup": 0.5},

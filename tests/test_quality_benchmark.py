@@ -133,6 +133,22 @@ def test_bad_arguments_exit_2_before_writing_anything(tmp_path, monkeypatch, cap
     assert not keep.exists()
 
 
+def test_a_kept_folder_in_use_by_another_run_is_refused(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    keep = tmp_path / "work"
+    keep.mkdir()
+    with open(keep / ".quality.lock", "a") as other:  # as another quality.py process holds it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        monkeypatch.setattr(sys, "argv", ["quality.py", "--keep", str(keep), "--steps", "2"])
+        with pytest.raises(SystemExit) as exit_info:
+            quality.main()
+    assert exit_info.value.code == 2
+    assert "is in use by another quality.py run" in capsys.readouterr().err
+    assert sorted(p.name for p in keep.iterdir()) == [".quality.lock"]  # no split written
+    assert quality.hold_folder(str(keep))  # free once the other run is gone
+
+
 def test_machine_names_the_cpu_model(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\nflags\t\t: fpu avx2\n")

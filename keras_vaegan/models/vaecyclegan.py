@@ -12,6 +12,7 @@ gradients, to the running backend's steps in ``keras_vaegan.backends``.
         + lambda_identity lambda_cycle (|G_ct(y) - y| + |G_mri(x) - x|)
         + beta_kl (KL(q(z|x) || N(0, I)) + KL(q(z|y) || N(0, I)))
         + lambda_structure (2 - ncc(|grad x|, |grad fake_ct|) - ncc(|grad y|, |grad fake_mri|))
+          (structure_kind=mind: |MIND(x) - MIND(fake_ct)| + |MIND(y) - MIND(fake_mri)|)
     L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
 
 The head weights w_k are fixed, or (``disc_head_warmup``) move from the
@@ -226,8 +227,9 @@ class VAECycleGAN(keras.Model):
         else:
             terms["identity"] = keras.ops.zeros((), "float32")
         if c.lambda_structure > 0:
-            terms["structure"] = (structure_loss(mri, fake_ct, c.structure_scales)
-                                  + structure_loss(ct, fake_mri, c.structure_scales))
+            terms["structure"] = (structure_loss(mri, fake_ct, c.structure_scales, c.structure_kind)
+                                  + structure_loss(ct, fake_mri, c.structure_scales,
+                                                   c.structure_kind))
         else:
             terms["structure"] = keras.ops.zeros((), "float32")
         terms["g_loss"] = (terms["adv_ct"] + terms["adv_mri"]
