@@ -575,7 +575,7 @@ def trained_precision(run_dir: str) -> str:
         return json.load(handle).get("precision_policy", "")
 
 
-_HELD: list = []  # the lock files of the --keep folders this process works in
+_HELD: dict = {}  # the --keep folders this process works in -> their open lock files
 
 
 def hold_folder(folder: str) -> bool:
@@ -583,10 +583,14 @@ def hold_folder(folder: str) -> bool:
 
     Two runs sharing a ``--keep`` folder would write their phantom splits
     over each other and score on the other's test data. The lock is an
-    ``flock`` on a file inside, released when the process ends, even killed.
+    ``flock`` on a file inside, released when the process ends, even killed;
+    this process may take it again (a run, then ``--rescore``).
     """
     import fcntl
 
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        return True
     os.makedirs(folder, exist_ok=True)
     handle = open(os.path.join(folder, ".quality.lock"), "a")
     try:
@@ -594,7 +598,7 @@ def hold_folder(folder: str) -> bool:
     except BlockingIOError:
         handle.close()
         return False
-    _HELD.append(handle)
+    _HELD[key] = handle
     return True
 
 

@@ -114,6 +114,32 @@ def mirror_rows(results: Results, rows: list[tuple[str, str, str]]) -> str:
     return _markdown(MIRROR_HEADER, out)
 
 
+COMPARED_HEADER = ["try", "phantom", "seed", "MAE (HU), one pass", "the defaults, one pass",
+                   "MAE mirror-averaged", "PSNR (dB) / SSIM", "through-plane, one pass (defaults)",
+                   "bone / soft tissue / air (HU)"]
+
+
+def compared_rows(results: Results, rows: list[tuple[str, str, str, str, str]]) -> str:
+    """A try against the defaults' run on the same phantom and seed, both in one pass per slice.
+
+    Rows are (name, variant, label, the defaults' name, their variant); the
+    defaults' runs predate mirror averaging, so one pass is the fair match.
+    PSNR, SSIM and the classes are the try's, mirror-averaged.
+    """
+    out = []
+    for name, variant, label, base_name, base_variant in rows:
+        result, v = results.variant(name, variant)
+        _, base = results.variant(base_name, base_variant)
+        one, both, was = v["mri2ct_single_pass"], v["mri2ct"], base["mri2ct"]
+        by_class = v["mri2ct_mae_hu_by_class"]
+        out.append([label, result["phantom"], str(result["seed"]), f"{one['mae_hu']:.0f}",
+                    f"{was['mae_hu']:.0f}", f"{both['mae_hu']:.0f}",
+                    f"{both['psnr_db']:.1f} / {both['ssim']:.2f}",
+                    f"{one['through_plane_mae_hu']:.0f} ({was['through_plane_mae_hu']:.0f})",
+                    " / ".join(f"{by_class[c]:.0f}" for c in ("bone", "soft_tissue", "air"))])
+    return _markdown(COMPARED_HEADER, out)
+
+
 def quality_short(results: Results, rows: list[tuple[str, str, str]]) -> str:
     """MAE, PSNR and SSIM only (the README's summary)."""
     out = []
@@ -361,6 +387,7 @@ WARMUP = "disc_head_warmup=0.5 (the deepest head alone first, then all three)"
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 LONG_RECIPE = "**long recipe**: 9,000 steps, VAE latent, least squares"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
+MIND = "MIND structure term (`structure_kind=mind`, `lambda_structure=5`)"
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
 
 
@@ -379,6 +406,10 @@ TABLES = {
         ("defaults-kept-seed0", "full", "defaults"),
         ("cpu-long-vae-s96-seed0", "full", "long recipe, 96 training subjects"),
     ]),
+    "quality-mind": lambda r: compared_rows(r, [
+        (f"mind5-seed{seed}", "full", MIND, f"ablate-bce-seed{seed}", "no_kl") for seed in (0, 1)
+    ] + [(f"head64-mind5-seed{seed}", "full", MIND, f"head64-bce-ablate-seed{seed}", "no_kl")
+         for seed in (0, 1)]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),

@@ -147,6 +147,7 @@ def test_a_kept_folder_in_use_by_another_run_is_refused(tmp_path, monkeypatch, c
     assert "is in use by another quality.py run" in capsys.readouterr().err
     assert sorted(p.name for p in keep.iterdir()) == [".quality.lock"]  # no split written
     assert quality.hold_folder(str(keep))  # free once the other run is gone
+    assert quality.hold_folder(str(keep))  # and this process may take it again
 
 
 def test_machine_names_the_cpu_model(tmp_path):
