@@ -212,7 +212,7 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from keras_vaegan.errors import VAEGANError
+        from keras_vaegan.errors import VAEGANError, WorkerLostError
 
         if os.environ.get("KERAS_VAEGAN_DEBUG") == "1":
             return command(*args, **kwargs)
@@ -222,6 +222,11 @@ def user_errors(command):
         try:
             _import_backends()
             result = command(*args, **kwargs)
+        except WorkerLostError as err:  # no interpreter teardown after an aborted runtime
+            click.echo(f"error: {err}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         except VAEGANError as err:
             _fail(str(err))
         except PermissionError as err:

@@ -16,3 +16,13 @@ class VAEGANError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class WorkerLostError(VAEGANError):
+    """Multi-worker training lost a peer: TensorFlow's collective runtime is aborted.
+
+    The process cannot go on, and its interpreter teardown is not safe
+    either (the aborted runtime's pools write to closed pipes), so the CLI
+    ends it with ``os._exit`` after its one error line; the checkpoints are
+    already on disk, written atomically.
+    """

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from keras_vaegan.errors import VAEGANError
+from keras_vaegan.errors import VAEGANError, WorkerLostError
 
 
 @dataclass
@@ -78,6 +78,6 @@ def worker_failures_as_errors(strategy: str):
     try:
         yield
     except failures as err:
-        raise VAEGANError(None, f"multi-worker training stopped: another worker died or cannot "
-                                f"be reached ({type(err).__name__}); restart every worker "
-                                "with --resume") from None
+        raise WorkerLostError(None, "multi-worker training stopped: another worker died or "
+                                    f"cannot be reached ({type(err).__name__}); restart every "
+                                    "worker with --resume") from None
