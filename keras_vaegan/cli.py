@@ -61,8 +61,13 @@ def _import_backends() -> None:
         tensorflow.config.list_physical_devices()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, teardown: bool = True) -> None:
+    """The one error line and exit code 2; ``teardown=False`` skips the interpreter's cleanup."""
     click.echo(f"error: {message}", err=True)
+    if not teardown:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     sys.exit(2)
 
 
@@ -223,10 +228,7 @@ def user_errors(command):
             _import_backends()
             result = command(*args, **kwargs)
         except WorkerLostError as err:  # no interpreter teardown after an aborted runtime
-            click.echo(f"error: {err}", err=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(2)
+            _fail(str(err), teardown=False)
         except VAEGANError as err:
             _fail(str(err))
         except PermissionError as err:
