@@ -344,7 +344,13 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 
 
 # predict, evaluate and export: what the loaded model computes in (``load_run``)
+SINGLE_PASS = click.option("--single-pass", is_flag=True, help="One pass per slice instead of the run's mirror average (the slice and its left-right mirror translated, the mirror's flipped back, the two averaged): half the time, a few HU less accurate (benchmarks/RESULTS.md).")
 INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about 1.7x as fast on a CPU with native bf16; HU differ slightly; ONNX export is float32 only).")
+
+
+def _mirror_average(single_pass: bool) -> bool | None:
+    """``--single-pass`` as ``load_run``'s ``mirror_average`` (None: the run's own setting)."""
+    return False if single_pass else None
 
 
 @main.command()
@@ -358,9 +364,10 @@ INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable or invalid input files (one warning each) instead of stopping.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist (inputs are never overwritten).")
 @INFERENCE_PRECISION
+@SINGLE_PASS
 @user_errors
 def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_size, skip_bad,
-            overwrite, precision):
+            overwrite, precision, single_pass):
     """Translate slices and volumes at native resolution (MRI -> synthetic CT in HU by default)."""
     from keras_vaegan.inference.predict import predict as run_predict
 
@@ -376,7 +383,7 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
         written = run_predict(input_path, output_dir, run=model_path, direction=direction,
                               samples=samples, fmt=fmt, batch_size=batch_size, progress=bar,
                               overwrite=overwrite, on_bad=on_bad if skip_bad else None,
-                              precision=precision)
+                              precision=precision, mirror_average=_mirror_average(single_pass))
     finally:
         bar.close()
     if skipped is not None:
@@ -394,22 +401,24 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Slices per forward pass.")
 @click.option("--ssim", "ssim_mode", type=click.Choice(SSIM_MODES), default=DEFAULT_SSIM, show_default=True, help="synthrad: the SynthRAD challenge's 3-D SSIM (7-voxel uniform window, scikit-image's computation), comparable with published sCT results; 2d: gaussian SSIM per axial slice (this tool's earlier numbers).")
 @INFERENCE_PRECISION
+@SINGLE_PASS
 @user_errors
 def evaluate(input_path, reference_path, mask_path, model_path, prediction_path, json_path,
-             batch_size, ssim_mode, precision):
+             batch_size, ssim_mode, precision, single_pass):
     """Score synthetic CT against reference CT: MAE (HU), PSNR, SSIM within a mask (SynthRAD)."""
     from keras_vaegan.errors import VAEGANError
     from keras_vaegan.inference.evaluate import evaluate as run_evaluate
     from keras_vaegan.inference.evaluate import format_table
 
-    if prediction_path and model_path:
-        raise VAEGANError(None, "--model translates --input; with --prediction no model is used")
+    if prediction_path and (model_path or single_pass):
+        raise VAEGANError(None, f"{'--model' if model_path else '--single-pass'} is for "
+                                "translating --input; with --prediction no model is used")
     bar = ProgressBar("evaluate")
     try:
         results = run_evaluate(input_path, reference_path, mask_path=mask_path, run=model_path,
                                prediction_path=prediction_path, json_path=json_path,
                                batch_size=batch_size, progress=bar, ssim_mode=ssim_mode,
-                               precision=precision)
+                               precision=precision, mirror_average=_mirror_average(single_pass))
     finally:
         bar.close()
     click.echo(format_table(results))

@@ -68,6 +68,13 @@ def test_phantom_fit_predict_end_to_end(tmp_path):
         written = np.asarray(Image.open(out / name))
         assert written.shape == np.asarray(Image.open(inputs / name)).shape
     assert (out / "overview.png").exists()
+    # --single-pass: one pass per slice (its values: tests/test_predict.py), not the mirror average
+    result = cli("predict", "--input", inputs / "wide.png", "--output", tmp_path / "one-pass",
+                 "--model", run, "--single-pass")
+    assert result.returncode == 0, result.stderr
+    one_pass = np.asarray(Image.open(tmp_path / "one-pass" / "wide.png"), dtype=np.float64)
+    averaged = np.asarray(Image.open(out / "wide.png"), dtype=np.float64)
+    assert one_pass.shape == averaged.shape and np.abs(one_pass - averaged).max() > 0
 
     # The newest run under savedmodels/ is used when --model is not given.
     saved = tmp_path / "savedmodels"

@@ -35,6 +35,13 @@ def test_evaluate_prints_a_table_and_writes_json(tmp_path):
     assert written["mean"]["mae_hu"] == pytest.approx(100.0)
 
 
+def test_evaluate_refuses_model_options_with_a_prediction(tmp_path):
+    ct = save_nifti(tmp_path / "ct.nii.gz", np.zeros((16, 16, 3)))
+    for option in (("--model", tmp_path), ("--single-pass",)):
+        result = cli("evaluate", "--prediction", ct, "--reference", ct, *option)
+        assert_one_error_line(result, option[0], "with --prediction no model is used")
+
+
 def test_four_d_nifti_is_one_error_line(tmp_path):
     path = save_nifti(tmp_path / "fmri.nii.gz", np.zeros((16, 16, 4, 5)))
     result = cli("predict", "--input", path, "--output", tmp_path / "out", "--model", tmp_path)

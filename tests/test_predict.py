@@ -135,6 +135,27 @@ def test_load_run_can_turn_mirror_averaging_off(run_dir):
     assert np.abs(one_pass - of_mirror).max() > 1e-3
 
 
+def test_predict_single_pass_writes_the_one_pass_translation(tmp_path, run_dir):
+    """``predict(..., mirror_average=False)`` (the CLI's ``--single-pass``) writes one pass;
+    a run already loaded the other way is refused rather than silently reloaded."""
+    image = _mri(32, 40)
+    image[:, :7] = 0  # air on one side only: the slice is not its own mirror
+    np.save(tmp_path / "a.npy", image)
+    single = load_run(str(run_dir), mirror_average=False)
+    written = {}
+    for name, mirror in (("single", False), ("default", None)):
+        predict(tmp_path / "a.npy", tmp_path / name, run=str(run_dir), fmt="npy",
+                mirror_average=mirror)
+        written[name] = np.load(tmp_path / name / "a.npy")
+    predict(tmp_path / "a.npy", tmp_path / "loaded", run=single, fmt="npy", mirror_average=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "loaded" / "a.npy"), written["single"])
+    assert np.abs(written["single"] - written["default"]).max() > 1.0  # HU
+    with pytest.raises(VAEGANError, match="mirror_average=False"):
+        predict(tmp_path / "a.npy", tmp_path / "refused", run=single, fmt="npy",
+                mirror_average=True)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_find_newest_run_picks_the_latest_model(tmp_path, run_dir):
     root = tmp_path / "savedmodels"
     for name, mtime in (("old", 1_000_000), ("new", 2_000_000), ("mid", 1_500_000)):

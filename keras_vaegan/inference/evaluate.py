@@ -55,7 +55,7 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
              prediction_path: str | os.PathLike | None = None,
              json_path: str | os.PathLike | None = None, batch_size: int = 4,
              progress: Progress | None = None, ssim_mode: str = DEFAULT_SSIM,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, mirror_average: bool | None = None) -> dict:
     """Score synthetic CT against reference CT per subject; return the results (and write JSON).
 
     ``input_path``: MRI to translate with ``run`` (a ``LoadedRun``, a run
@@ -64,7 +64,8 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     without it, a SynthRAD ``mask`` image in the reference folder or beside
     the reference file is used, else the body mask reference > -500 HU.
     ``ssim_mode``: "synthrad" (default) or "2d". ``precision``: what the
-    model computes in (``load_run``; default float32). ``progress(done, total)`` is
+    model computes in (``load_run``; default float32); ``mirror_average``: False
+    for one pass per slice (``load_run``). ``progress(done, total)`` is
     called after each subject. Returns ``{"subjects": [...], "mean": {...},
     "conventions": {...}}``.
     """
@@ -80,7 +81,8 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
         check_writable(json_path)  # before the work, not after it
     subjects = pair_subjects(reference_path, input_path=input_path,
                              prediction_path=prediction_path, mask_path=mask_path)
-    loaded = None if prediction_path is not None else _load_hu_run(run, precision)
+    loaded = (None if prediction_path is not None
+              else _load_hu_run(run, precision, mirror_average))
     rows = []
     for done, subject in enumerate(subjects, start=1):
         rows.append(_score_subject(subject, loaded, batch_size, ssim_mode))
@@ -92,10 +94,10 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     return results
 
 
-def _load_hu_run(run, precision: str | None):
+def _load_hu_run(run, precision: str | None, mirror_average: bool | None):
     from keras_vaegan.inference.runs import run_for
 
-    loaded = run_for(run, precision)
+    loaded = run_for(run, precision, mirror_average)
     if loaded.config.ct_units != "hu":
         raise VAEGANError(loaded.run_dir, "this run was trained on 8-bit CT, which holds no "
                                           "Hounsfield units; evaluate needs a run trained on HU")

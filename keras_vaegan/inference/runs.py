@@ -98,20 +98,26 @@ def load_run(run_dir: str | os.PathLike | None = None, precision: str = "off",
     return LoadedRun(model=model, config=config, run_dir=run_dir, policy=policy)
 
 
-def run_for(run: LoadedRun | str | os.PathLike | None, precision: str | None) -> LoadedRun:
+def run_for(run: LoadedRun | str | os.PathLike | None, precision: str | None,
+            mirror_average: bool | None = None) -> LoadedRun:
     """``run`` loaded in ``precision`` (None: float32), or as given when it is loaded already.
 
-    A loaded run is used as it was loaded; asking for another precision is an
-    error rather than a silent reload.
+    ``mirror_average`` as in ``load_run`` (None: the run's own setting). A
+    loaded run is used as it was loaded; asking for another precision or
+    mirror averaging is an error rather than a silent reload.
     """
     if not isinstance(run, LoadedRun):
-        return load_run(run, precision or "off")
+        return load_run(run, precision or "off", mirror_average)
     if precision is not None:
         wanted = resolve_policy(precision)
         if wanted != run.policy:
             raise VAEGANError(run.run_dir, f"this run was loaded as {run.policy}, not {wanted}; "
                                            f"load it with load_run(..., precision="
                                            f"{precision!r})")
+    if mirror_average is not None and bool(mirror_average) != bool(run.config.mirror_average):
+        raise VAEGANError(run.run_dir, f"this run was loaded with mirror_average="
+                                       f"{bool(run.config.mirror_average)}; load it with "
+                                       f"load_run(..., mirror_average={bool(mirror_average)})")
     return run
 
 
