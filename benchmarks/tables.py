@@ -407,9 +407,9 @@ TABLES = {
         ("cpu-long-vae-s96-seed0", "full", "long recipe, 96 training subjects"),
     ]),
     "quality-mind": lambda r: compared_rows(r, [
-        (f"mind5-seed{seed}", "full", MIND, f"ablate-bce-seed{seed}", "no_kl") for seed in (0, 1)
+        (f"mind5-seed{seed}", "full", MIND, f"ablate-bce-seed{seed}", "no_kl") for seed in range(3)
     ] + [(f"head64-mind5-seed{seed}", "full", MIND, f"head64-bce-ablate-seed{seed}", "no_kl")
-         for seed in (0, 1)]),
+         for seed in range(3)]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),

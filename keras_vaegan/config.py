@@ -103,8 +103,8 @@ class Config:
     lambda_structure: float = 1.0  # keep the input's edges (gradient-magnitude correlation); 0:
     # off, as in CycleGAN; on, the phantom's sCT improved 137/160 -> 126/129 HU (RESULTS.md)
     structure_kind: str = "gradient"  # gradient (gradient-magnitude correlation) | mind
-    # (MIND self-similarity descriptors, L1; with lambda_structure=5 it tied on the classic
-    # phantom, 103/102 vs 107/100 HU, and gained on the head one, 126/106 vs 126/117: RESULTS.md)
+    # (MIND self-similarity descriptors, L1; with lambda_structure=5 it tied on both phantoms
+    # over three seeds, 106 vs 105 and 119 vs 117 HU mean: benchmarks/RESULTS.md)
     structure_scales: int = 1  # >1: the structure term averaged over this many scales, each a
     # 2x average-pool of the previous
     pool_size: int = 50
