@@ -70,8 +70,8 @@ def load_run(run_dir: str | os.PathLike | None = None, precision: str = "off",
     depend on the CPU), ``bfloat16``, ``float16`` or ``auto``.
     ``mirror_average`` (None: the run's own setting, on unless it was trained
     with it off) decides whether predictions average each slice's translation
-    with its mirror's (``models/mirror.py``); False halves the time a
-    prediction takes.
+    with its mirror's (``models/mirror.py``); False makes a prediction
+    1.7x as fast (benchmarks/README.md).
     """
     if run_dir is None:
         run_dir = find_newest_run()
