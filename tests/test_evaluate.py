@@ -142,6 +142,7 @@ def test_2d_slices_pair_by_file_name(tmp_path):
         writers.write_slice(tmp_path / "pred" / f"s{k}.npy", ct[k] - 20.0 * mask[k], "hu", "ct")
     results = evaluate(None, tmp_path / "ref", prediction_path=tmp_path / "pred")
     assert [r["subject"] for r in results["subjects"]] == ["s0", "s1"]
+    assert "model" not in results  # no model made these
     for row in results["subjects"]:  # 16-bit PNG rounds to whole HU
         assert 0 < row["mae_hu"] <= 20.5
 
@@ -162,6 +163,12 @@ def test_evaluate_with_a_model_translates_the_mri(tmp_path):
     (row,) = results["subjects"]
     assert row["subject"] == "000" and row["prediction"].startswith("model ")
     assert 0 < row["mae_hu"] < 4024 and np.isfinite(row["psnr_db"]) and -1 <= row["ssim"] <= 1
+    assert results["model"] == {"run": str(tmp_path / "run"), "policy": "float32",
+                                "mirror_average": True}
+    single = evaluate(tmp_path / "data", tmp_path / "data", run=tmp_path / "run",
+                      mirror_average=False)
+    assert single["model"]["mirror_average"] is False
+    assert single["subjects"][0]["mae_hu"] != row["mae_hu"]  # one pass, not the mirror average
 
 
 # --- masks beside a reference file (issue 25, item 7) --------------------------------------------

@@ -67,7 +67,8 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     model computes in (``load_run``; default float32); ``mirror_average``: False
     for one pass per slice (``load_run``). ``progress(done, total)`` is
     called after each subject. Returns ``{"subjects": [...], "mean": {...},
-    "conventions": {...}}``.
+    "conventions": {...}}``, and ``"model"`` (its run folder, precision policy
+    and mirror averaging) when a model translated.
     """
     if (input_path is None) == (prediction_path is None):
         raise VAEGANError(None, "give --input (MRI to translate with a model) or --prediction "
@@ -89,6 +90,9 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
         if progress is not None:
             progress(done, len(subjects))
     results = {"subjects": rows, "mean": _mean(rows), "conventions": _conventions(ssim_mode)}
+    if loaded is not None:  # how the synthetic CT was made, so a results file says it
+        results["model"] = {"run": loaded.run_dir, "policy": loaded.policy,
+                            "mirror_average": bool(loaded.config.mirror_average)}
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(strict_json(results), indent=2) + "\n")
     return results
