@@ -202,23 +202,26 @@ def quality_by_class(results: Results, rows: list[tuple[str, str, str]]) -> str:
     return _markdown(HEAD_HEADER, out)
 
 
-def trajectory(results: Results, columns: list[tuple[str, str, str]]) -> str:
+def trajectory(results: Results, columns: list[tuple[str, ...]]) -> str:
     """MRI -> CT MAE (HU) at each kept checkpoint of long runs: one column per (name, variant).
 
     The checkpoints are the ``trajectory`` that ``quality.py`` scores for a run
     trained with ``checkpoint_every``; an empty cell: that run kept no
-    checkpoint at those steps.
+    checkpoint at those steps. A fourth element names the score to show
+    (``mri2ct_single_pass``: a mirror-averaged run's one-pass figures beside
+    runs scored before mirror averaging); the default is ``mri2ct``.
     """
     maes = []
-    for name, variant, _ in columns:
+    for name, variant, _, *key in columns:
         _, v = results.variant(name, variant)
         if "trajectory" not in v:
             raise SystemExit(f"error: quality-{name}.json: {variant} has no trajectory")
-        maes.append({point["steps"]: point["mri2ct"]["mae_hu"] for point in v["trajectory"]})
+        score = key[0] if key else "mri2ct"
+        maes.append({point["steps"]: point[score]["mae_hu"] for point in v["trajectory"]})
     steps = sorted(set().union(*maes))
     rows = [[f"{step:,}", *(f"{mae[step]:.0f}" if step in mae else "" for mae in maes)]
             for step in steps]
-    return _markdown(["steps", *(label for _, _, label in columns)], rows)
+    return _markdown(["steps", *(column[2] for column in columns)], rows)
 
 
 def floors_by_class(results: Results, name: str) -> str:
@@ -405,6 +408,7 @@ TABLES = {
     "quality-mirror": lambda r: mirror_rows(r, [
         ("defaults-kept-seed0", "full", "defaults"),
         ("cpu-long-vae-s96-seed0", "full", "long recipe, 96 training subjects"),
+        ("cpu-long-vae-ema-seed0", "full", "long recipe with a weight average (EMA 0.999)"),
     ]),
     "quality-mind": lambda r: compared_rows(r, [
         (f"mind5-seed{seed}", "full", MIND, f"ablate-bce-seed{seed}", "no_kl") for seed in range(3)
@@ -417,6 +421,8 @@ TABLES = {
          ("cpu-long-vae-seed1", "full", LONG_RECIPE + " (CPU, bf16)"),
          ("cpu-long-vae-s96-seed0", "full", LONG_RECIPE + ", 96 training subjects (CPU, bf16; "
           "mirror-averaged)"),
+         ("cpu-long-vae-ema-seed0", "full", LONG_RECIPE + ", weight average `ema_momentum=0.999` "
+          "(CPU, bf16, in two pieces; mirror-averaged)"),
          ("cpu-long-det-seed0", "full", "defaults for 9,000 steps (CPU, bf16, in two pieces)"),
          ("cpu-long-det-seed1", "full", "defaults for 9,000 steps (CPU, bf16, in three pieces)"),
          ] + VAE_DEFAULTS + [
@@ -480,7 +486,9 @@ TABLES = {
     "quality-long-trajectory": lambda r: trajectory(r, [
         ("cpu-long-vae-seed0", "full", "MRI -> CT MAE (HU): long recipe, seed 0 (CPU)"),
         ("cpu-long-vae-seed1", "full", "long recipe, seed 1 (CPU)"),
-        ("cpu-long-det-seed1", "full", "defaults for 9,000 steps, seed 1 (CPU)")]),
+        ("cpu-long-det-seed1", "full", "defaults for 9,000 steps, seed 1 (CPU)"),
+        ("cpu-long-vae-ema-seed0", "full", "long recipe + EMA 0.999, seed 0 (CPU, one pass)",
+         "mri2ct_single_pass")]),
     "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
                                                  ("ablate-ld2-seed1", "seed 1")]),
     "history-identity": lambda r: quality_rows(r, [
