@@ -89,6 +89,9 @@ class Config:
     disc_head_warmup: float = 0.0  # fraction of all steps over which the head weights move
     # linearly from the deepest head alone to disc_head_weights (coarse to fine); 0: off
     # (0.5 lost on both phantoms: 112 vs 107 and 157 vs 126 HU, benchmarks/RESULTS.md)
+    disc_head_temperature: float = 0.0  # >0: the generator's adversarial term weights each
+    # head by the head weights times exp(s / T), renormalised, s: how much better that head
+    # tells this batch's fakes from the reals (models/losses.adaptive_head_weights); 0: off
     disc_min_map_size: int = 4  # stop striding below this feature-map side
     disc_high_pass: bool = False  # True: the discriminators also see a fixed Laplacian of the
     # image as a second channel (high frequencies: thin bone, edges)
@@ -212,6 +215,7 @@ class Config:
              <= self.image_size, "structure_scales",
              "with structure_kind=mind its coarsest scale must keep at least 8 pixels")
         for key in ("lambda_cycle", "lambda_identity", "beta_kl", "lambda_structure",
+                    "disc_head_temperature",
                     "rotation_deg", "zoom", "translation", "mri_intensity_jitter"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("learning_rate_g", "learning_rate_d"):

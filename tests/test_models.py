@@ -11,6 +11,7 @@ from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
 from keras_vaegan.models.losses import (
     MIND_OFFSETS,
+    adaptive_head_weights,
     adversarial_loss,
     kl_divergence,
     l1_loss,
@@ -113,6 +114,55 @@ def test_adversarial_losses_prefer_the_right_target():
     heads = [np.zeros((1, 2, 2, 1), "float32"), np.ones((1, 2, 2, 1), "float32")]
     assert float(to_np(adversarial_loss(heads, True, "lsgan", [0.0, 1.0]))) == pytest.approx(0.0)
     assert float(to_np(l1_loss(heads[0], heads[1]))) == pytest.approx(1.0)
+
+
+def gradient(fn, x: np.ndarray) -> np.ndarray:
+    """d fn / d x under the running backend (fn maps a float32 vector to a scalar)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(x))
+    if backend == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        fn(xt).backward()
+        return xt.grad.numpy()
+    import tensorflow as tf
+
+    xt = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        y = fn(xt)
+    return tape.gradient(y, xt).numpy()
+
+
+def test_adaptive_head_weights_tilt_towards_the_heads_that_separate_best():
+    def weights(fake, real, prior, temperature):
+        fake, real = [np.float32(v) for v in fake], [np.float32(v) for v in real]
+        return [float(to_np(w)) for w in adaptive_head_weights(fake, real, prior, temperature)]
+
+    expected = np.array([np.exp(-1.0), 1.0]) / (1.0 + np.exp(-1.0))  # exp(s_k / T), s = .5, 1
+    np.testing.assert_allclose(weights([0.9, 1.3], [0.4, 0.3], [0.5, 0.5], 0.5), expected,
+                               rtol=1e-5)
+    # A head that calls everything fake has a high loss on the fakes and separates nothing.
+    np.testing.assert_allclose(weights([0.7, 2.0], [0.7, 2.0], [0.5, 0.5], 0.1), [0.5, 0.5],
+                               rtol=1e-5)
+    np.testing.assert_allclose(weights([0.1, 3.0], [0.0, 0.0], [0.5, 0.5], 1e6), [0.5, 0.5],
+                               rtol=1e-5)  # a large temperature: the configured weights
+    assert weights([3.0, 0.1, 0.2], [0.0] * 3, [0.0, 0.5, 0.5], 0.1)[0] == 0.0  # off stays off
+    tilted = weights([400.0, 0.0], [0.0, 0.0], [0.5, 0.5], 0.01)  # far apart, low T: no overflow
+    np.testing.assert_allclose(tilted, [1.0, 0.0], atol=1e-6)
+
+    def total(fake):  # what the generator minimises
+        head = [fake[k] for k in range(2)]
+        w = adaptive_head_weights(head, [np.float32(0.4), np.float32(0.3)], [0.5, 0.5], 0.5)
+        return sum(wk * loss for wk, loss in zip(w, head))
+
+    # The weights are constants to the gradient: d total / d l_k is w_k, so the generator
+    # cannot lower its loss by moving weight between heads.
+    np.testing.assert_allclose(gradient(total, np.array([0.9, 1.3], "float32")), expected,
+                               rtol=1e-5)
 
 
 def test_history_pool_fills_then_mixes_old_fakes():
@@ -309,7 +359,8 @@ NON_DEFAULT_OPTIONS = {"vae": VAE, "padding": {"padding": "reflect"},
                        "disc_high_pass": {"disc_high_pass": True},
                        "judge_mean": {**VAE, "judge_mean": True},  # only acts on a sampled latent
                        "disc_head_warmup": {"disc_head_warmup": 0.5},
-                       "adversarial_loss": {"adversarial_loss": "lsgan"}}
+                       "adversarial_loss": {"adversarial_loss": "lsgan"},
+                       "disc_head_temperature": {"disc_head_temperature": 0.25}}
 ALL_NON_DEFAULT = {key: value for settings in NON_DEFAULT_OPTIONS.values()
                    for key, value in settings.items()}
 
@@ -336,6 +387,36 @@ def test_head_warmup_moves_from_the_deepest_head_to_the_configured_weights(tiny_
     plain = VAECycleGAN(tiny_config.replace(disc_heads=2))
     plain.compile()
     assert plain.current_head_weights() == [0.5, 0.5]  # no warmup: constant from the first step
+
+
+def test_adaptive_head_weights_make_the_generator_term_a_tilted_mean_of_its_heads(tiny_config):
+    from conftest import ring_batch
+
+    from keras_vaegan.models.losses import adversarial_terms
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    keras.utils.set_random_seed(0)
+    model = VAECycleGAN(tiny_config.replace(disc_head_weights=(0.3, 0.7)))
+    model.compile()
+    mri, ct = ring_batch(32)
+    fake = to_np(model.g_ct(mri)[0])
+
+    def per_head(images):
+        return np.array([float(to_np(t)) for t in adversarial_terms(model.d_ct(images), True,
+                                                                    "bce")])
+
+    heads, reals = per_head(fake), per_head(ct)
+    separation = heads - reals
+    assert abs(separation[0] - separation[1]) > 1e-3  # the heads differ, so the tilt shows
+    fixed = float(to_np(model.generator_adversarial(model.d_ct, fake, ct, "bce")))
+    np.testing.assert_allclose(fixed, 0.3 * heads[0] + 0.7 * heads[1], rtol=1e-5)
+    model.settings = model.settings.replace(disc_head_temperature=0.05)
+    tilted = float(to_np(model.generator_adversarial(model.d_ct, fake, ct, "bce")))
+    prior = np.array([0.3, 0.7]) * np.exp((separation - separation.max()) / 0.05)
+    weights = prior / prior.sum()
+    np.testing.assert_allclose(tilted, weights @ heads, rtol=1e-5)
+    best = int(np.argmax(separation))
+    assert weights[best] > (0.3, 0.7)[best]  # the better-separating head gained weight
 
 
 @pytest.mark.parametrize("judge_mean", [False, True])

@@ -18,27 +18,59 @@ def _f32(x):
     return ops.cast(x, "float32")
 
 
-def adversarial_loss(predictions: Sequence, target_is_real: bool, kind: str = "lsgan",
-                     head_weights: Sequence[float] | None = None):
-    """Weighted sum over discriminator heads of the per-head adversarial loss.
+def adversarial_terms(predictions: Sequence, target_is_real: bool, kind: str = "lsgan") -> list:
+    """The adversarial loss of each discriminator head, in the heads' order (deepest last).
 
     ``lsgan``: mean squared distance of the patch map to 1 (real) or 0 (fake).
     ``bce``: binary cross-entropy on logits against the same targets.
     """
-    if head_weights is None:
-        head_weights = [1.0 / len(predictions)] * len(predictions)
-    total = 0.0
-    for weight, pred in zip(head_weights, predictions):
+    terms = []
+    for pred in predictions:
         pred = _f32(pred)
         target = ops.ones_like(pred) if target_is_real else ops.zeros_like(pred)
         if kind == "lsgan":
-            term = ops.mean(ops.square(pred - target))
+            terms.append(ops.mean(ops.square(pred - target)))
         elif kind == "bce":
-            term = ops.mean(keras.losses.binary_crossentropy(target, pred, from_logits=True))
+            terms.append(ops.mean(keras.losses.binary_crossentropy(target, pred,
+                                                                   from_logits=True)))
         else:
             raise ValueError(f"unknown adversarial loss '{kind}'")
+    return terms
+
+
+def adversarial_loss(predictions: Sequence, target_is_real: bool, kind: str = "lsgan",
+                     head_weights: Sequence | None = None):
+    """Weighted sum over discriminator heads of the per-head adversarial loss."""
+    terms = adversarial_terms(predictions, target_is_real, kind)
+    if head_weights is None:
+        head_weights = [1.0 / len(terms)] * len(terms)
+    total = 0.0
+    for weight, term in zip(head_weights, terms):
         total = total + weight * term
     return total
+
+
+def adaptive_head_weights(fake_losses: Sequence, real_losses: Sequence, prior: Sequence,
+                          temperature: float) -> list:
+    """Weights ``prior_k exp(s_k / T)``, normalised to sum 1, where ``s_k`` is head k's separation.
+
+    ``s_k`` is the generator's adversarial loss on the fakes minus the same
+    loss on real images: how much more head k believes the real ones, which
+    a head's overall bias (every image called fake, say) does not change.
+    The generator is pushed hardest at the depth where the discriminator
+    tells its fakes apart best; which depth that is can differ between
+    anatomies and change during training, where fixed weights cannot. The
+    separations go through ``stop_gradient``: the weights steer the
+    generator's gradient and are not themselves a way for it to lower its
+    loss. A large ``T`` gives back ``prior``.
+    """
+    separation = ops.stack([ops.stop_gradient(_f32(fake) - _f32(real))
+                            for fake, real in zip(fake_losses, real_losses)])
+    scaled = (separation - ops.max(separation)) / temperature  # <= 0: exp cannot overflow
+    prior = ops.stack([ops.convert_to_tensor(w, "float32") for w in prior])
+    weighted = prior * ops.exp(scaled)
+    weights = weighted / ops.sum(weighted)
+    return [weights[k] for k in range(len(fake_losses))]
 
 
 def l1_loss(prediction, target):

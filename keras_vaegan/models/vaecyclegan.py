@@ -17,6 +17,11 @@ gradients, to the running backend's steps in ``keras_vaegan.backends``.
 
 The head weights w_k are fixed, or (``disc_head_warmup``) move from the
 deepest head alone to the configured ones over the first part of training.
+With ``disc_head_temperature`` T > 0 the generator's terms weight head k by
+w_k exp(s_k / T), renormalised, where s_k is how much better head k tells
+this batch's fakes from the real batch (its loss on the fakes minus on the
+reals): the depth at which the discriminator separates best gets the
+generator's attention (the discriminators keep w_k).
 
 Images are stacks ``[batch, H, W, K]`` with K = ``config.context_slices``
 (channel ``K // 2`` the slice itself, the others its neighbours): every
@@ -34,7 +39,14 @@ from keras_vaegan.config import Config
 from keras_vaegan.models.discriminator import MultiHeadPatchDiscriminator
 from keras_vaegan.models.generator import VAEGenerator
 from keras_vaegan.models.history_pool import HistoryPool
-from keras_vaegan.models.losses import adversarial_loss, kl_divergence, l1_loss, structure_loss
+from keras_vaegan.models.losses import (
+    adaptive_head_weights,
+    adversarial_loss,
+    adversarial_terms,
+    kl_divergence,
+    l1_loss,
+    structure_loss,
+)
 from keras_vaegan.models.mirror import translated
 from keras_vaegan.models.optimizers import (
     OPTIMIZER_NAMES,
@@ -190,6 +202,22 @@ class VAECycleGAN(keras.Model):
         deepest = [0.0] * (len(final) - 1) + [1.0]
         return [progress * w + (1.0 - progress) * d for w, d in zip(final, deepest)]
 
+    def generator_adversarial(self, disc, fake, real, kind: str, training: bool = True):
+        """The generator's adversarial term against one discriminator: heads weighted.
+
+        Fixed weights (``current_head_weights``), or with
+        ``disc_head_temperature`` > 0 those weights tilted towards the heads
+        that separate this batch's fakes from the real images best
+        (``adaptive_head_weights``; ``real`` is only read for that).
+        """
+        weights = self.current_head_weights(training)
+        head_losses = adversarial_terms(disc(fake), True, kind)
+        temperature = self.settings.disc_head_temperature
+        if temperature > 0 and len(head_losses) > 1:
+            real_losses = adversarial_terms(disc(real), True, kind)
+            weights = adaptive_head_weights(head_losses, real_losses, weights, temperature)
+        return sum(w * loss for w, loss in zip(weights, head_losses))
+
     def generator_objective(self, mri, ct, training: bool = True):
         """L_G and its terms; also returns the fakes the discriminators will judge.
 
@@ -213,10 +241,9 @@ class VAECycleGAN(keras.Model):
         fake_mri, drawn_mri, mu_y, log_var_y = translate(self.g_mri, ct)
         rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
-        weights = self.current_head_weights(training)
         terms = {
-            "adv_ct": adversarial_loss(self.d_ct(fake_ct), True, kind, weights),
-            "adv_mri": adversarial_loss(self.d_mri(fake_mri), True, kind, weights),
+            "adv_ct": self.generator_adversarial(self.d_ct, fake_ct, ct, kind, training),
+            "adv_mri": self.generator_adversarial(self.d_mri, fake_mri, mri, kind, training),
             "cycle": l1_loss(rec_mri, mri) + l1_loss(rec_ct, ct),
             "kl": kl_divergence(mu_x, log_var_x) + kl_divergence(mu_y, log_var_y),
         }
