@@ -390,6 +390,8 @@ WARMUP = "disc_head_warmup=0.5 (the deepest head alone first, then all three)"
 HEAD_WEIGHTS_3X = "disc_head_weights=[0.2, 0.2, 0.6] (deepest head 3x)"
 LONG_RECIPE = "**long recipe**: 9,000 steps, VAE latent, least squares"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
+CYCLE_20 = "twice the cycle weight (`lambda_cycle=20`)"
+HEAD_TEMPERATURE = "adaptive head weights (`disc_head_temperature=0.1`)"
 MIND = "MIND structure term (`structure_kind=mind`, `lambda_structure=5`)"
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
 
@@ -415,6 +417,12 @@ TABLES = {
         (f"mind5-seed{seed}", "full", MIND, f"ablate-bce-seed{seed}", "no_kl") for seed in range(3)
     ] + [(f"head64-mind5-seed{seed}", "full", MIND, f"head64-bce-ablate-seed{seed}", "no_kl")
          for seed in range(3)]),
+    "quality-cycle-heads": lambda r: compared_rows(r, [
+        (f"tune-cycle20-seed{seed}", "full", CYCLE_20, f"ablate-bce-seed{seed}", "no_kl")
+        for seed in range(2)
+    ] + [("head64-cycle20-seed0", "full", CYCLE_20, "head64-bce-ablate-seed0", "no_kl"),
+         ("tune-headtemp-seed0", "full", HEAD_TEMPERATURE, "ablate-bce-seed0", "no_kl"),
+         ("head64-headtemp-seed0", "full", HEAD_TEMPERATURE, "head64-bce-ablate-seed0", "no_kl")]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),
