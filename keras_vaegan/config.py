@@ -99,7 +99,7 @@ class Config:
     adversarial_loss: str = "bce"  # bce | lsgan: cross-entropy on logits tied least squares on
     # the classic phantom (100/121/105 vs 114/110/110 HU) and beat it on the head one (130/128
     # vs 149/166 HU; benchmarks/RESULTS.md)
-    lambda_cycle: float = 10.0
+    lambda_cycle: float = 10.0  # 20 tied, 5 lost (benchmarks/RESULTS.md)
     lambda_identity: float = 0.0  # times lambda_cycle; 0: off (CycleGAN uses 0.5, but asking
     # the MRI->CT generator to leave a CT unchanged hurt here: 137 vs 162 HU, benchmarks/RESULTS.md)
     beta_kl: float = 0.0  # weight of the KL term; 1e-3 with vae_sampling=true (the VAE)
