@@ -420,9 +420,10 @@ TABLES = {
     "quality-cycle-heads": lambda r: compared_rows(r, [
         (f"tune-cycle20-seed{seed}", "full", CYCLE_20, f"ablate-bce-seed{seed}", "no_kl")
         for seed in range(2)
-    ] + [("head64-cycle20-seed0", "full", CYCLE_20, "head64-bce-ablate-seed0", "no_kl"),
-         ("tune-headtemp-seed0", "full", HEAD_TEMPERATURE, "ablate-bce-seed0", "no_kl"),
-         ("head64-headtemp-seed0", "full", HEAD_TEMPERATURE, "head64-bce-ablate-seed0", "no_kl")]),
+    ] + [(f"head64-cycle20-seed{seed}", "full", CYCLE_20, f"head64-bce-ablate-seed{seed}", "no_kl")
+         for seed in range(2)] + [
+        ("tune-headtemp-seed0", "full", HEAD_TEMPERATURE, "ablate-bce-seed0", "no_kl"),
+        ("head64-headtemp-seed0", "full", HEAD_TEMPERATURE, "head64-bce-ablate-seed0", "no_kl")]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),
