@@ -44,8 +44,13 @@ def adversarial_loss(predictions: Sequence, target_is_real: bool, kind: str = "l
     terms = adversarial_terms(predictions, target_is_real, kind)
     if head_weights is None:
         head_weights = [1.0 / len(terms)] * len(terms)
+    return weighted_sum(head_weights, terms)
+
+
+def weighted_sum(weights: Sequence, terms: Sequence):
+    """``sum_k weights[k] * terms[k]``: the heads' terms combined."""
     total = 0.0
-    for weight, term in zip(head_weights, terms):
+    for weight, term in zip(weights, terms):
         total = total + weight * term
     return total
 

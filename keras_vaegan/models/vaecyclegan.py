@@ -46,6 +46,7 @@ from keras_vaegan.models.losses import (
     kl_divergence,
     l1_loss,
     structure_loss,
+    weighted_sum,
 )
 from keras_vaegan.models.mirror import translated
 from keras_vaegan.models.optimizers import (
@@ -216,7 +217,7 @@ class VAECycleGAN(keras.Model):
         if temperature > 0 and len(head_losses) > 1:
             real_losses = adversarial_terms(disc(real), True, kind)
             weights = adaptive_head_weights(head_losses, real_losses, weights, temperature)
-        return sum(w * loss for w, loss in zip(weights, head_losses))
+        return weighted_sum(weights, head_losses)
 
     def generator_objective(self, mri, ct, training: bool = True):
         """L_G and its terms; also returns the fakes the discriminators will judge.
