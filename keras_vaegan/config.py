@@ -22,6 +22,7 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 PHANTOM_KINDS = ("classic", "head")  # data.phantom, data.phantom_head
 GENERATOR_PADDING = ("zeros", "reflect")
 STRUCTURE_KINDS = ("gradient", "mind")
+DISC_NORMS = ("instance", "spectral")
 MAX_CONTEXT_SLICES = 15  # 2.5-D stacks wider than this are thicker than the anatomy they help
 
 # a run folder: what fit writes and predict, evaluate and export read
@@ -95,6 +96,9 @@ class Config:
     disc_min_map_size: int = 4  # stop striding below this feature-map side
     disc_high_pass: bool = False  # True: the discriminators also see a fixed Laplacian of the
     # image as a second channel (high frequencies: thin bone, edges)
+    disc_norm: str = "instance"  # instance (after every block but the first) | spectral: every
+    # discriminator convolution, heads included, divided by its largest singular value (a
+    # 1-Lipschitz discriminator, Miyato et al. 2018) and no instance norm
     # --- objective ----------------------------------------------------------------
     adversarial_loss: str = "bce"  # bce | lsgan: cross-entropy on logits tied least squares on
     # the classic phantom (100/121/105 vs 114/110/110 HU) and beat it on the head one (130/128
@@ -206,6 +210,7 @@ class Config:
              "must be an odd number >= 1 (the slice itself and as many neighbours each side)")
         need(self.context_slices <= MAX_CONTEXT_SLICES, "context_slices",
              f"at most {MAX_CONTEXT_SLICES}")
+        need(self.disc_norm in DISC_NORMS, "disc_norm", f"one of {', '.join(DISC_NORMS)}")
         need(self.structure_kind in STRUCTURE_KINDS, "structure_kind",
              f"one of {', '.join(STRUCTURE_KINDS)}")
         need(self.structure_scales >= 1, "structure_scales", "must be >= 1")

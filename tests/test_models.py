@@ -349,6 +349,50 @@ def test_high_pass_discriminator_sees_the_image_and_its_laplacian():
         np.testing.assert_allclose(to_np(got), to_np(expected), atol=1e-5)
 
 
+def test_spectral_conv_divides_its_kernel_by_the_largest_singular_value():
+    from keras_vaegan.models.discriminator import SpectralConv2D
+
+    keras.utils.set_random_seed(3)
+    conv = SpectralConv2D(6, 4, strides=2, padding="same")
+    x = np.random.default_rng(3).normal(size=(2, 12, 12, 5)).astype("float32")
+    conv.build(x.shape)
+    kernel = to_np(conv.kernel)
+    sigma = np.linalg.svd(kernel.reshape(-1, 6), compute_uv=False)[0]
+    u0 = to_np(conv.u).copy()
+    conv(x)  # not training: u stays
+    np.testing.assert_array_equal(to_np(conv.u), u0)
+    for _ in range(40):  # power iterations, one per training call
+        out = conv(x, training=True)
+    assert not np.allclose(to_np(conv.u), u0)
+    np.testing.assert_allclose(to_np(conv.normalized_kernel()), kernel / sigma, rtol=1e-4,
+                               atol=1e-6)
+    plain = keras.layers.Conv2D(6, 4, strides=2, padding="same")
+    plain.build(x.shape)
+    plain.set_weights([kernel / sigma, to_np(conv.bias)])
+    np.testing.assert_allclose(to_np(out), to_np(plain(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_spectral_normalized_gradient_goes_through_sigma():
+    """sigma = u'Wv scales with W, so a loss of W / sigma is flat along W itself: <grad, W> = 0.
+
+    Without the gradient through sigma that product is the loss's own slope, far from 0.
+    """
+    from keras_vaegan.models.discriminator import spectral_normalized
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(2 * 2 * 2 * 3,)).astype("float32")
+    u = rng.normal(size=(1, 3)).astype("float32")
+    target = rng.normal(size=w.shape).astype("float32")
+
+    def loss(flat):
+        normalized, _ = spectral_normalized(keras.ops.reshape(flat, (2, 2, 2, 3)), u)
+        return keras.ops.sum(keras.ops.multiply(keras.ops.reshape(normalized, (-1,)), target))
+
+    grad = gradient(loss, w)
+    assert np.abs(grad).max() > 1e-2
+    assert abs(float(np.dot(grad, w))) < 1e-4 * float(np.abs(grad) @ np.abs(w))
+
+
 # Settings away from their defaults that a user can still choose: the VAE latent (sampled
 # while training, with its KL term), the tries of issue 27 (sharper bone, judging the mean,
 # the head warmup) and the least-squares loss of older runs.
@@ -360,7 +404,8 @@ NON_DEFAULT_OPTIONS = {"vae": VAE, "padding": {"padding": "reflect"},
                        "judge_mean": {**VAE, "judge_mean": True},  # only acts on a sampled latent
                        "disc_head_warmup": {"disc_head_warmup": 0.5},
                        "adversarial_loss": {"adversarial_loss": "lsgan"},
-                       "disc_head_temperature": {"disc_head_temperature": 0.25}}
+                       "disc_head_temperature": {"disc_head_temperature": 0.25},
+                       "disc_norm": {"disc_norm": "spectral"}}
 ALL_NON_DEFAULT = {key: value for settings in NON_DEFAULT_OPTIONS.values()
                    for key, value in settings.items()}
 
@@ -462,6 +507,32 @@ def test_losses_fall_on_a_fixed_batch_with_each_non_default_option(tiny_config, 
     assert all(np.isfinite(v) for values in history.values() for v in values)
 
 
+def test_the_training_step_moves_the_spectral_norm_estimates_and_evaluation_does_not(
+        tiny_config):
+    """On every backend the power-iteration state leaves the step (JAX: the threaded values)."""
+    import tensorflow as tf
+    from conftest import ring_batch
+
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    keras.utils.set_random_seed(0)
+    model = VAECycleGAN(tiny_config.replace(disc_norm="spectral"))
+    model.compile()
+    mri, ct = ring_batch(32)
+    dataset = tf.data.Dataset.from_tensors((mri, ct)).repeat()
+    model.evaluate(dataset, steps=1, verbose=0)
+    convs = [model.d_ct.blocks[0].conv, model.d_mri.blocks[-1].conv]
+    before = [to_np(conv.u).copy() for conv in convs]
+    model.evaluate(dataset, steps=1, verbose=0)
+    for conv, u in zip(convs, before):
+        np.testing.assert_array_equal(to_np(conv.u), u)
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    for conv, u in zip(convs, before):
+        moved = to_np(conv.u)
+        assert not np.allclose(moved, u)
+        assert np.linalg.norm(moved) == pytest.approx(1.0, rel=1e-4)
+
+
 def test_a_model_with_the_non_default_options_saves_and_loads(tiny_config, tmp_path):
     from conftest import ring_batch
 
@@ -470,11 +541,15 @@ def test_a_model_with_the_non_default_options_saves_and_loads(tiny_config, tmp_p
     model = VAECycleGAN(tiny_config.replace(**ALL_NON_DEFAULT))
     model.compile()
     mri, ct = ring_batch(32)
+    estimate = model.d_ct.blocks[1].conv.u  # the spectral norm's state, as a trained run has it
+    estimate.assign(np.linspace(-1, 1, estimate.shape[1]).reshape(estimate.shape))
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert loaded.settings == model.settings
     assert loaded.g_ct.padding == "reflect" and loaded.d_ct.high_pass
+    assert loaded.d_ct.norm == "spectral"
+    np.testing.assert_array_equal(to_np(loaded.d_ct.blocks[1].conv.u), to_np(estimate))
     for direction, images in (("mri2ct", mri), ("ct2mri", ct)):
         np.testing.assert_array_equal(to_np(loaded.translate(images, direction)),
                                       to_np(model.translate(images, direction)))

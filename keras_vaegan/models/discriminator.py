@@ -13,6 +13,11 @@ of the image (edges reflected): thin bone and sharp edges are small in the
 image's own intensities but large there, so a blurred skull is easy to call
 fake.
 
+``norm="spectral"`` drops the instance norms and divides every convolution,
+heads included, by its largest singular value (``SpectralConv2D``): a
+discriminator with a bounded slope, whose gradients to the generator cannot
+grow without limit as it learns to separate.
+
 The input channels are whatever the first call or ``build`` sees: K for a
 2.5-D run's K-slice stacks (``config.context_slices``), each judged as one
 image, and with ``high_pass`` the Laplacian of each of them after them (2K).
@@ -48,17 +53,82 @@ def laplacian(images):
             - 4.0 * p[:, 1:-1, 1:-1])
 
 
+def spectral_normalized(kernel, u):
+    """(kernel / sigma, the next u): one power-iteration step for sigma, the largest singular value.
+
+    ``kernel`` is read as a matrix (inputs, filters) and ``u`` (1, filters) is
+    the last estimate of its left singular vector. sigma = u'Wv with u and v
+    held constant (stop_gradient), so the gradient flows through sigma as in
+    Miyato et al. 2018. Computed in float32, returned in the kernel's dtype.
+    """
+    def unit(x):
+        return x / (ops.sqrt(ops.sum(ops.square(x))) + 1e-12)
+
+    filters = kernel.shape[-1]
+    w = ops.reshape(ops.cast(kernel, "float32"), (-1, filters))
+    v = ops.stop_gradient(unit(ops.matmul(u, ops.transpose(w))))
+    u = ops.stop_gradient(unit(ops.matmul(v, w)))
+    sigma = ops.sum(ops.matmul(v, w) * u)
+    return kernel / ops.cast(sigma, kernel.dtype), u
+
+
+@keras.saving.register_keras_serializable(package="keras_vaegan")
+class SpectralConv2D(layers.Conv2D):
+    """A Conv2D whose kernel is divided by its largest singular value (``spectral_normalized``).
+
+    The singular-vector estimate ``u`` is kept between calls and moves one
+    power-iteration step per training call: non-trainable, saved with the
+    weights, and threaded as state through JAX's stateless step. Written here
+    rather than wrapping in ``keras.layers.SpectralNormalization``, which
+    writes the normalised kernel back into the trainable variable, a write
+    JAX's stateless step does not keep.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.u = self.add_weight(shape=(1, self.filters), name="u", trainable=False,
+                                 initializer=keras.initializers.RandomNormal(), dtype="float32",
+                                 autocast=False)
+
+    def save_own_variables(self, store):
+        """Conv2D saves only its kernel and bias; the estimate goes with them."""
+        super().save_own_variables(store)
+        if self.built:
+            store["u"] = self.u
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built:
+            self.u.assign(store["u"])
+
+    def normalized_kernel(self, training: bool = False):
+        """The kernel over sigma; while training, ``u`` keeps its new estimate."""
+        kernel, u = spectral_normalized(ops.convert_to_tensor(self.kernel), self.u)
+        if training:
+            self.u.assign(u)
+        return kernel
+
+    def call(self, inputs, training=False):
+        outputs = self.convolution_op(inputs, self.normalized_kernel(training))
+        if self.use_bias:
+            outputs = outputs + ops.reshape(self.bias, (1, 1, 1, self.filters))
+        return outputs if self.activation is None else self.activation(outputs)
+
+
 @keras.saving.register_keras_serializable(package="keras_vaegan")
 class DiscriminatorBlock(layers.Layer):
-    """4x4 conv -> (instance norm) -> LeakyReLU(0.2)."""
+    """4x4 conv -> (instance norm) -> LeakyReLU(0.2); the conv spectrally normalised or not."""
 
-    def __init__(self, filters: int, strides: int, normalize: bool = True, **kwargs):
+    def __init__(self, filters: int, strides: int, normalize: bool = True,
+                 spectral: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
         self.normalize = normalize
-        self.conv = layers.Conv2D(filters, 4, strides=strides, padding="same",
-                                  use_bias=not normalize, name="conv")
+        self.spectral = bool(spectral)
+        conv = SpectralConv2D if self.spectral else layers.Conv2D
+        self.conv = conv(filters, 4, strides=strides, padding="same", use_bias=not normalize,
+                         name="conv")
         self.norm = layers.GroupNormalization(groups=-1, epsilon=1e-5, name="norm") if normalize else None
 
     def build(self, input_shape):
@@ -66,10 +136,14 @@ class DiscriminatorBlock(layers.Layer):
         if self.norm is not None:
             self.norm.build(self.conv.compute_output_shape(input_shape))
 
-    def call(self, x):
-        x = self.conv(x)
+    def call(self, x, training=False):
+        x = self.conv(x, training=training) if self.spectral else self.conv(x)
         if self.norm is not None:
             x = self.norm(x)
+        if self.spectral:
+            # The same function: TensorFlow's remapper fails to fuse a bfloat16 conv + bias +
+            # LeakyReLU whose input the gradient needs (logged as an error, the pass dropped)
+            return ops.maximum(x, 0.2 * x)
         return ops.leaky_relu(x, negative_slope=0.2)
 
     def compute_output_shape(self, input_shape):
@@ -77,7 +151,7 @@ class DiscriminatorBlock(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": self.filters, "strides": self.strides,
-                "normalize": self.normalize}
+                "normalize": self.normalize, "spectral": self.spectral}
 
 
 @keras.saving.register_keras_serializable(package="keras_vaegan")
@@ -85,9 +159,13 @@ class MultiHeadPatchDiscriminator(keras.Model):
     """Returns a list of K patch maps (logits), shallowest first, deepest last."""
 
     def __init__(self, filters=(64, 128, 256, 512, 512), heads: int = 3, image_size: int = 64,
-                 min_map_size: int = 4, high_pass: bool = False, **kwargs):
+                 min_map_size: int = 4, high_pass: bool = False, norm: str = "instance",
+                 **kwargs):
         super().__init__(**kwargs)
+        if norm not in ("instance", "spectral"):
+            raise ValueError(f"norm must be 'instance' or 'spectral', not {norm!r}")
         self.high_pass = bool(high_pass)
+        self.norm = norm
         self.filters = tuple(int(f) for f in filters)
         self.heads = int(heads)
         self.image_size = int(image_size)
@@ -95,15 +173,16 @@ class MultiHeadPatchDiscriminator(keras.Model):
         if not 1 <= self.heads <= len(self.filters):
             raise ValueError(f"heads must be between 1 and {len(self.filters)}")
         strides = block_strides(self.image_size, len(self.filters), self.min_map_size)
+        spectral = norm == "spectral"
         self.blocks = [
-            DiscriminatorBlock(f, s, normalize=i > 0, name=f"block{i}")
+            DiscriminatorBlock(f, s, normalize=i > 0 and not spectral, spectral=spectral,
+                               name=f"block{i}")
             for i, (f, s) in enumerate(zip(self.filters, strides))
         ]
         self.first_head = len(self.filters) - self.heads
-        self.head_layers = [
-            layers.Conv2D(1, 5, padding="same", name=f"head{i}", dtype="float32")
-            for i in range(self.heads)
-        ]
+        head = SpectralConv2D if spectral else layers.Conv2D
+        self.head_layers = [head(1, 5, padding="same", name=f"head{i}", dtype="float32")
+                            for i in range(self.heads)]
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -119,14 +198,16 @@ class MultiHeadPatchDiscriminator(keras.Model):
     def call(self, x, training=False):
         if self.high_pass:
             x = ops.concatenate([x, laplacian(x)], axis=-1)
+        spectral = self.norm == "spectral"
         outputs = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, training=training)
             if i >= self.first_head:
-                outputs.append(self.head_layers[i - self.first_head](x))
+                head = self.head_layers[i - self.first_head]
+                outputs.append(head(x, training=training) if spectral else head(x))
         return outputs
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": list(self.filters), "heads": self.heads,
                 "image_size": self.image_size, "min_map_size": self.min_map_size,
-                "high_pass": self.high_pass}
+                "high_pass": self.high_pass, "norm": self.norm}

@@ -77,7 +77,8 @@ class VAECycleGAN(keras.Model):
                    skip_connections=c.skip_connections, upsampling=c.upsampling,
                    padding=c.padding, channels=c.context_slices)
         disc = dict(filters=c.disc_filters, heads=c.disc_heads, image_size=c.image_size,
-                    min_map_size=c.disc_min_map_size, high_pass=c.disc_high_pass)
+                    min_map_size=c.disc_min_map_size, high_pass=c.disc_high_pass,
+                    norm=c.disc_norm)
         self.g_ct = VAEGenerator(**gen, seed=c.seed + 1, name="g_ct")
         self.g_mri = VAEGenerator(**gen, seed=c.seed + 2, name="g_mri")
         self.d_ct = MultiHeadPatchDiscriminator(**disc, name="d_ct")
@@ -212,10 +213,10 @@ class VAECycleGAN(keras.Model):
         (``adaptive_head_weights``; ``real`` is only read for that).
         """
         weights = self.current_head_weights(training)
-        head_losses = adversarial_terms(disc(fake), True, kind)
+        head_losses = adversarial_terms(disc(fake, training=training), True, kind)
         temperature = self.settings.disc_head_temperature
         if temperature > 0 and len(head_losses) > 1:
-            real_losses = adversarial_terms(disc(real), True, kind)
+            real_losses = adversarial_terms(disc(real, training=training), True, kind)
             weights = adaptive_head_weights(head_losses, real_losses, weights, temperature)
         return weighted_sum(weights, head_losses)
 
@@ -273,8 +274,9 @@ class VAECycleGAN(keras.Model):
         weights = self.current_head_weights(training)
 
         def one(disc, real, fake):
-            return 0.5 * (adversarial_loss(disc(real), True, kind, weights)
-                          + adversarial_loss(disc(fake), False, kind, weights))
+            return 0.5 * (adversarial_loss(disc(real, training=training), True, kind, weights)
+                          + adversarial_loss(disc(fake, training=training), False, kind,
+                                             weights))
 
         return {"d_ct": one(self.d_ct, ct, fake_ct), "d_mri": one(self.d_mri, mri, fake_mri)}
 
