@@ -392,6 +392,8 @@ LONG_RECIPE = "**long recipe**: 9,000 steps, VAE latent, least squares"
 PAIRED = ("reference-seed0", "paired", "*paired reference (told the answer)*")
 CYCLE_20 = "twice the cycle weight (`lambda_cycle=20`)"
 HEAD_TEMPERATURE = "adaptive head weights (`disc_head_temperature=0.1`)"
+SPECTRAL = "spectrally normalised discriminators (`disc_norm=spectral`)"
+SPECTRAL_TTUR = "the same, discriminators' learning rate 4x (`learning_rate_d=8e-4`)"
 MIND = "MIND structure term (`structure_kind=mind`, `lambda_structure=5`)"
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
 
@@ -419,11 +421,15 @@ TABLES = {
          for seed in range(3)]),
     "quality-cycle-heads": lambda r: compared_rows(r, [
         (f"tune-cycle20-seed{seed}", "full", CYCLE_20, f"ablate-bce-seed{seed}", "no_kl")
-        for seed in range(2)
+        for seed in range(3)
     ] + [(f"head64-cycle20-seed{seed}", "full", CYCLE_20, f"head64-bce-ablate-seed{seed}", "no_kl")
          for seed in range(2)] + [
         ("tune-headtemp-seed0", "full", HEAD_TEMPERATURE, "ablate-bce-seed0", "no_kl"),
         ("head64-headtemp-seed0", "full", HEAD_TEMPERATURE, "head64-bce-ablate-seed0", "no_kl")]),
+    "quality-spectral": lambda r: compared_rows(r, [
+        ("tune-specnorm-seed0", "full", SPECTRAL, "ablate-bce-seed0", "no_kl"),
+        ("head64-specnorm-seed0", "full", SPECTRAL, "head64-bce-ablate-seed0", "no_kl"),
+        ("tune-specnorm-ttur-seed0", "full", SPECTRAL_TTUR, "ablate-bce-seed0", "no_kl")]),
     "quality-defaults": lambda r: quality_rows(r, [MIRRORED] + DEFAULTS + [
         (f"det-sh-seed{seed}", "single_head", DET_SINGLE_HEAD) for seed in range(2)
     ] + [("warm-seed0", "full", WARMUP),

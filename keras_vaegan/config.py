@@ -98,7 +98,8 @@ class Config:
     # image as a second channel (high frequencies: thin bone, edges)
     disc_norm: str = "instance"  # instance (after every block but the first) | spectral: every
     # discriminator convolution, heads included, divided by its largest singular value (a
-    # 1-Lipschitz discriminator, Miyato et al. 2018) and no instance norm
+    # 1-Lipschitz discriminator, Miyato et al. 2018) and no instance norm; it lost on both
+    # phantoms (155 vs 107 and 205 vs 126 HU, benchmarks/RESULTS.md)
     # --- objective ----------------------------------------------------------------
     adversarial_loss: str = "bce"  # bce | lsgan: cross-entropy on logits tied least squares on
     # the classic phantom (100/121/105 vs 114/110/110 HU) and beat it on the head one (130/128
@@ -114,6 +115,8 @@ class Config:
     # over three seeds, 106 vs 105 and 119 vs 117 HU mean: benchmarks/RESULTS.md)
     structure_scales: int = 1  # >1: the structure term averaged over this many scales, each a
     # 2x average-pool of the previous
+    lambda_feature_match: float = 0.0  # >0: the generators also match the discriminators'
+    # per-channel feature means of the real batch, every block (Salimans et al. 2016); 0: off
     pool_size: int = 50
     # --- optimisation -------------------------------------------------------------
     learning_rate_g: float = 2e-4
@@ -220,7 +223,7 @@ class Config:
              <= self.image_size, "structure_scales",
              "with structure_kind=mind its coarsest scale must keep at least 8 pixels")
         for key in ("lambda_cycle", "lambda_identity", "beta_kl", "lambda_structure",
-                    "disc_head_temperature",
+                    "lambda_feature_match", "disc_head_temperature",
                     "rotation_deg", "zoom", "translation", "mri_intensity_jitter"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         for key in ("learning_rate_g", "learning_rate_d"):

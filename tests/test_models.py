@@ -13,6 +13,7 @@ from keras_vaegan.models.losses import (
     MIND_OFFSETS,
     adaptive_head_weights,
     adversarial_loss,
+    feature_matching_loss,
     kl_divergence,
     l1_loss,
     mind_descriptors,
@@ -93,6 +94,41 @@ def test_discriminator_returns_k_heads_from_32_pixels_up(image_size):
     sides = [to_np(o).shape[1] for o in outputs]
     assert min(sides) >= 4
     assert all(to_np(o).shape[-1] == 1 for o in outputs)
+
+
+def test_discriminator_features_are_its_block_outputs_and_its_logits_what_it_returns():
+    disc = MultiHeadPatchDiscriminator(filters=(8, 16, 16), heads=2, image_size=32)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    returned = disc(x)
+    features, logits = disc.features_and_logits(x)
+    assert [to_np(f).shape for f in features] == [(2, 16, 16, 8), (2, 8, 8, 16), (2, 8, 8, 16)]
+    for got, expected in zip(logits, returned):
+        np.testing.assert_array_equal(to_np(got), to_np(expected))
+    np.testing.assert_allclose(to_np(disc.blocks[0](x)), to_np(features[0]), atol=1e-6)
+
+
+def test_feature_matching_compares_per_channel_means_not_pixels():
+    """Salimans et al.'s form: unpaired batches compare as distributions of features."""
+    rng = np.random.default_rng(6)
+    real = [rng.normal(size=(2, 8, 8, 3)).astype("float32"),
+            rng.normal(size=(2, 4, 4, 5)).astype("float32")]
+    moved = [np.roll(f[::-1], 3, axis=2) for f in real]  # other pixels, other batch order
+    assert float(to_np(feature_matching_loss(real, moved))) == pytest.approx(0.0, abs=1e-6)
+    fake = [f * 0.5 + 0.1 for f in real]  # a weaker response: what a blurred image draws
+    expected = np.mean([np.abs(r.mean(axis=(0, 1, 2)) - f.mean(axis=(0, 1, 2))).mean()
+                        for r, f in zip(real, fake)])
+    assert float(to_np(feature_matching_loss(real, fake))) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.05
+    # the real side is held constant: with fake = 0.5 real + 0.1 of one input, each element's
+    # gradient is 0.5 sign(fake mean - real mean) / (channels x elements per channel), which
+    # a gradient through the real side as well would turn to -0.5 of that
+    shape = real[0].shape
+    grad = gradient(lambda x: feature_matching_loss(
+        [keras.ops.reshape(x, shape)], [0.5 * keras.ops.reshape(x, shape) + 0.1]),
+        real[0].reshape(-1)).reshape(shape)
+    means = real[0].mean(axis=(0, 1, 2))
+    per_channel = 0.5 * np.sign(0.5 * means + 0.1 - means) / (3 * real[0][..., 0].size)
+    np.testing.assert_allclose(grad, np.broadcast_to(per_channel, shape), rtol=1e-4)
 
 
 def test_block_strides_stop_at_minimum_map_size():
@@ -405,7 +441,8 @@ NON_DEFAULT_OPTIONS = {"vae": VAE, "padding": {"padding": "reflect"},
                        "disc_head_warmup": {"disc_head_warmup": 0.5},
                        "adversarial_loss": {"adversarial_loss": "lsgan"},
                        "disc_head_temperature": {"disc_head_temperature": 0.25},
-                       "disc_norm": {"disc_norm": "spectral"}}
+                       "disc_norm": {"disc_norm": "spectral"},
+                       "lambda_feature_match": {"lambda_feature_match": 10.0}}
 ALL_NON_DEFAULT = {key: value for settings in NON_DEFAULT_OPTIONS.values()
                    for key, value in settings.items()}
 
@@ -453,10 +490,10 @@ def test_adaptive_head_weights_make_the_generator_term_a_tilted_mean_of_its_head
     heads, reals = per_head(fake), per_head(ct)
     separation = heads - reals
     assert abs(separation[0] - separation[1]) > 1e-3  # the heads differ, so the tilt shows
-    fixed = float(to_np(model.generator_adversarial(model.d_ct, fake, ct, "bce")))
+    fixed = float(to_np(model.generator_terms(model.d_ct, fake, ct, "bce")[0]))
     np.testing.assert_allclose(fixed, 0.3 * heads[0] + 0.7 * heads[1], rtol=1e-5)
     model.settings = model.settings.replace(disc_head_temperature=0.05)
-    tilted = float(to_np(model.generator_adversarial(model.d_ct, fake, ct, "bce")))
+    tilted = float(to_np(model.generator_terms(model.d_ct, fake, ct, "bce")[0]))
     prior = np.array([0.3, 0.7]) * np.exp((separation - separation.max()) / 0.05)
     weights = prior / prior.sum()
     np.testing.assert_allclose(tilted, weights @ heads, rtol=1e-5)

@@ -80,6 +80,32 @@ def test_structure_term_compares_each_input_with_its_translation_and_can_be_off(
     assert value(g_loss) == pytest.approx(others + 2.0 * expected, rel=1e-5)
 
 
+def test_feature_matching_term_compares_each_discriminators_features_and_can_be_off(
+        tiny_config):
+    from keras_vaegan.models.losses import feature_matching_loss
+
+    mri, ct = ring_batch(32)
+    assert tiny_config.lambda_feature_match == 0.0  # off by default
+    off = VAECycleGAN(tiny_config)
+    _, terms, _ = off.generator_objective(mri, ct, training=False)
+    assert float(keras.ops.convert_to_numpy(terms["feature_match"])) == 0.0
+
+    on = VAECycleGAN(tiny_config.replace(lambda_feature_match=3.0))
+    g_loss, terms, (fake_ct, fake_mri) = on.generator_objective(mri, ct, training=False)
+    value = lambda x: float(keras.ops.convert_to_numpy(x))  # noqa: E731
+
+    def matched(disc, real, fake):
+        return value(feature_matching_loss(disc.features_and_logits(real)[0],
+                                           disc.features_and_logits(fake)[0]))
+
+    expected = matched(on.d_ct, ct, fake_ct) + matched(on.d_mri, mri, fake_mri)
+    assert value(terms["feature_match"]) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0
+    others = value(terms["adv_ct"]) + value(terms["adv_mri"]) + 10.0 * value(terms["cycle"])
+    others += tiny_config.beta_kl * value(terms["kl"]) + value(terms["structure"])
+    assert value(g_loss) == pytest.approx(others + 3.0 * expected, rel=1e-5)
+
+
 def test_learning_rate_is_constant_then_decays_linearly_to_zero(tiny_config):
     from keras_vaegan.models.schedule import ConstantThenLinearDecay
 

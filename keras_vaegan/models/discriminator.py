@@ -196,16 +196,25 @@ class MultiHeadPatchDiscriminator(keras.Model):
         self.built = True
 
     def call(self, x, training=False):
+        return self.features_and_logits(x, training=training)[1]
+
+    def features_and_logits(self, x, training=False) -> tuple[list, list]:
+        """(every block's output, shallowest first; the heads' patch maps): one pass.
+
+        The block outputs are what feature matching compares
+        (``losses.feature_matching_loss``); ``call`` returns the patch maps.
+        """
         if self.high_pass:
             x = ops.concatenate([x, laplacian(x)], axis=-1)
         spectral = self.norm == "spectral"
-        outputs = []
+        features, logits = [], []
         for i, block in enumerate(self.blocks):
             x = block(x, training=training)
+            features.append(x)
             if i >= self.first_head:
                 head = self.head_layers[i - self.first_head]
-                outputs.append(head(x, training=training) if spectral else head(x))
-        return outputs
+                logits.append(head(x, training=training) if spectral else head(x))
+        return features, logits
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": list(self.filters), "heads": self.heads,

@@ -47,6 +47,22 @@ def adversarial_loss(predictions: Sequence, target_is_real: bool, kind: str = "l
     return weighted_sum(head_weights, terms)
 
 
+def feature_matching_loss(real_features: Sequence, fake_features: Sequence):
+    """Mean over blocks of |E f(real) - E f(fake)|, E a per-channel mean over batch and space.
+
+    Salimans et al. 2016's feature matching: the batches are unpaired, so
+    it compares the discriminator's features as distributions (their
+    per-channel means), not pixel by pixel. The real side is held constant;
+    the first block, which has no norm, carries how much edge each filter
+    finds, so a blurred fake falls short there.
+    """
+    total = 0.0
+    for real, fake in zip(real_features, fake_features):
+        real_mean = ops.stop_gradient(ops.mean(_f32(real), axis=(0, 1, 2)))
+        total = total + ops.mean(ops.abs(ops.mean(_f32(fake), axis=(0, 1, 2)) - real_mean))
+    return total / len(real_features)
+
+
 def weighted_sum(weights: Sequence, terms: Sequence):
     """``sum_k weights[k] * terms[k]``: the heads' terms combined."""
     total = 0.0

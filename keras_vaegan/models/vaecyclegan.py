@@ -13,6 +13,8 @@ gradients, to the running backend's steps in ``keras_vaegan.backends``.
         + beta_kl (KL(q(z|x) || N(0, I)) + KL(q(z|y) || N(0, I)))
         + lambda_structure (2 - ncc(|grad x|, |grad fake_ct|) - ncc(|grad y|, |grad fake_mri|))
           (structure_kind=mind: |MIND(x) - MIND(fake_ct)| + |MIND(y) - MIND(fake_mri)|)
+        + lambda_feature_match (fm(D_ct; y, fake_ct) + fm(D_mri; x, fake_mri))
+          (fm: the per-channel feature means of the real and the fake batch, every block)
     L_D = 0.5 sum_k w_k (adv(D_k(real), real) + adv(D_k(pool(fake)), fake))   for each D
 
 The head weights w_k are fixed, or (``disc_head_warmup``) move from the
@@ -43,6 +45,7 @@ from keras_vaegan.models.losses import (
     adaptive_head_weights,
     adversarial_loss,
     adversarial_terms,
+    feature_matching_loss,
     kl_divergence,
     l1_loss,
     structure_loss,
@@ -56,8 +59,8 @@ from keras_vaegan.models.optimizers import (
     with_loss_scaling,
 )
 
-LOSS_TERMS = ("g_loss", "adv_ct", "adv_mri", "cycle", "identity", "kl", "structure", "d_ct",
-              "d_mri")
+LOSS_TERMS = ("g_loss", "adv_ct", "adv_mri", "cycle", "identity", "kl", "structure",
+              "feature_match", "d_ct", "d_mri")
 
 
 @keras.saving.register_keras_serializable(package="keras_vaegan")
@@ -204,21 +207,33 @@ class VAECycleGAN(keras.Model):
         deepest = [0.0] * (len(final) - 1) + [1.0]
         return [progress * w + (1.0 - progress) * d for w, d in zip(final, deepest)]
 
-    def generator_adversarial(self, disc, fake, real, kind: str, training: bool = True):
-        """The generator's adversarial term against one discriminator: heads weighted.
+    def generator_terms(self, disc, fake, real, kind: str, training: bool = True):
+        """(adversarial term, feature-matching term) against one discriminator.
 
-        Fixed weights (``current_head_weights``), or with
-        ``disc_head_temperature`` > 0 those weights tilted towards the heads
-        that separate this batch's fakes from the real images best
-        (``adaptive_head_weights``; ``real`` is only read for that).
+        The adversarial term weights the heads by ``current_head_weights``,
+        or with ``disc_head_temperature`` > 0 tilts those weights towards the
+        heads that separate this batch's fakes from the real images best
+        (``adaptive_head_weights``). With ``lambda_feature_match`` > 0 the
+        second term compares the discriminator's features of the fakes and
+        the real batch (``feature_matching_loss``), else it is 0. ``real`` is
+        judged once, and only when one of the two reads it.
         """
+        c = self.settings
         weights = self.current_head_weights(training)
-        head_losses = adversarial_terms(disc(fake, training=training), True, kind)
-        temperature = self.settings.disc_head_temperature
-        if temperature > 0 and len(head_losses) > 1:
-            real_losses = adversarial_terms(disc(real, training=training), True, kind)
-            weights = adaptive_head_weights(head_losses, real_losses, weights, temperature)
-        return weighted_sum(weights, head_losses)
+        fake_features, fake_logits = disc.features_and_logits(fake, training=training)
+        head_losses = adversarial_terms(fake_logits, True, kind)
+        adaptive = c.disc_head_temperature > 0 and len(head_losses) > 1
+        matching = c.lambda_feature_match > 0
+        no_term = keras.ops.zeros((), "float32")
+        if not (adaptive or matching):
+            return weighted_sum(weights, head_losses), no_term
+        real_features, real_logits = disc.features_and_logits(real, training=training)
+        if adaptive:
+            real_losses = adversarial_terms(real_logits, True, kind)
+            weights = adaptive_head_weights(head_losses, real_losses, weights,
+                                            c.disc_head_temperature)
+        matched = feature_matching_loss(real_features, fake_features) if matching else no_term
+        return weighted_sum(weights, head_losses), matched
 
     def generator_objective(self, mri, ct, training: bool = True):
         """L_G and its terms; also returns the fakes the discriminators will judge.
@@ -243,9 +258,12 @@ class VAECycleGAN(keras.Model):
         fake_mri, drawn_mri, mu_y, log_var_y = translate(self.g_mri, ct)
         rec_ct = self.g_ct(drawn_mri, training=training, sample=sample)[0]
         kind = getattr(self, "adversarial_kind", c.adversarial_loss)
+        adv_ct, match_ct = self.generator_terms(self.d_ct, fake_ct, ct, kind, training)
+        adv_mri, match_mri = self.generator_terms(self.d_mri, fake_mri, mri, kind, training)
         terms = {
-            "adv_ct": self.generator_adversarial(self.d_ct, fake_ct, ct, kind, training),
-            "adv_mri": self.generator_adversarial(self.d_mri, fake_mri, mri, kind, training),
+            "adv_ct": adv_ct,
+            "adv_mri": adv_mri,
+            "feature_match": match_ct + match_mri,
             "cycle": l1_loss(rec_mri, mri) + l1_loss(rec_ct, ct),
             "kl": kl_divergence(mu_x, log_var_x) + kl_divergence(mu_y, log_var_y),
         }
@@ -265,7 +283,8 @@ class VAECycleGAN(keras.Model):
                            + c.lambda_cycle * terms["cycle"]
                            + c.lambda_identity * c.lambda_cycle * terms["identity"]
                            + c.beta_kl * terms["kl"]
-                           + c.lambda_structure * terms["structure"])
+                           + c.lambda_structure * terms["structure"]
+                           + c.lambda_feature_match * terms["feature_match"])
         return terms["g_loss"], terms, (fake_ct, fake_mri)
 
     def discriminator_objective(self, mri, ct, fake_ct, fake_mri, training: bool = True):
