@@ -117,6 +117,7 @@ class Config:
     # 2x average-pool of the previous
     lambda_feature_match: float = 0.0  # >0: the generators also match the discriminators'
     # per-channel feature means of the real batch, every block (Salimans et al. 2016); 0: off
+    # (10 tied: 100/103 vs 107/100 and 126 vs 126 HU, benchmarks/RESULTS.md)
     pool_size: int = 50
     # --- optimisation -------------------------------------------------------------
     learning_rate_g: float = 2e-4
