@@ -52,9 +52,9 @@ def feature_matching_loss(real_features: Sequence, fake_features: Sequence):
 
     Salimans et al. 2016's feature matching: the batches are unpaired, so
     it compares the discriminator's features as distributions (their
-    per-channel means), not pixel by pixel. The real side is held constant;
-    the first block, which has no norm, carries how much edge each filter
-    finds, so a blurred fake falls short there.
+    per-channel means), not pixel by pixel. The real side is held constant.
+    The first block has no norm, so its means say how much edge each filter
+    finds; on the phantom they matched within batch-to-batch noise already.
     """
     total = 0.0
     for real, fake in zip(real_features, fake_features):
