@@ -27,7 +27,8 @@ def run_backend_marked_tests(backend: str) -> None:
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_VAEGAN_INNER_BACKEND_RUN": "1"}
-    # the timeout only guards against a hang: beside other jobs on two cores a suite ran past 1,800 s
+    # the timeout only guards against a hang; beside other jobs on two cores the whole
+    # suite took 70 minutes, so each backend's share can come near 1,800 s
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "backend", "-p", "no:cacheprovider", TESTS],
         capture_output=True, text=True, env=env, timeout=3000)
