@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--augment-resampling", default="bilinear",
                         choices=["bilinear", "lanczos"],
                         help="the augmentation's resampling (lanczos costs the input pipeline more)")
+    parser.add_argument("--gen-filters", type=int, default=0,
+                        help="filters of the generators' first stage (default: the config's); "
+                             "what a wider generator costs a step")
     args = parser.parse_args()
 
     import keras
@@ -109,7 +112,8 @@ def main() -> None:
     config = Config(image_size=args.image_size, batch_size=args.batch_size,
                     phantom_size=slice_size, phantom_subjects=8,
                     mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
-                    augment_resampling=args.augment_resampling)
+                    augment_resampling=args.augment_resampling,
+                    **({"gen_filters": args.gen_filters} if args.gen_filters else {}))
     data = phantom_training_data(config)
     config = data.config
     model = VAECycleGAN(config)
@@ -121,6 +125,7 @@ def main() -> None:
     result = {
         "benchmark": "train", **common.machine(), "policy": policy,
         "jit_compile": bool(model.jit_compile), "augment_resampling": config.augment_resampling,
+        "gen_filters": config.gen_filters,
         "image_size": args.image_size, "slice_size": slice_size, "batch_size": args.batch_size,
         "steps": args.steps,
         **throughput(config, policy, with_pipeline, without_input),
@@ -130,7 +135,8 @@ def main() -> None:
     name = (f"train-{result['backend']}-{policy}-{args.image_size}px-b{args.batch_size}"
             + ("-xla" if args.jit_compile and result["backend"] == "tensorflow" else "")
             + ("-lanczos" if args.augment_resampling == "lanczos" else "")
-            + (f"-from{slice_size}" if slice_size != args.image_size else ""))
+            + (f"-from{slice_size}" if slice_size != args.image_size else "")
+            + (f"-g{args.gen_filters}" if args.gen_filters else ""))
     common.write_result(name, result)
 
 

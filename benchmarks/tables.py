@@ -256,6 +256,8 @@ def _train_command(r: dict) -> str:
         command += f" --slice-size {r['slice_size']}"
     if r.get("augment_resampling", "bilinear") != "bilinear":
         command += f" --augment-resampling {r['augment_resampling']}"
+    if "gen_filters" in r:
+        command += f" --gen-filters {r['gen_filters']}"
     return f"`{command}`"
 
 
@@ -596,7 +598,8 @@ TABLES = {
         "tensorflow-mixed_bfloat16-256px-b1", "tensorflow-mixed_bfloat16-256px-b4-from512",
         "tensorflow-float32-128px-b4-xla",
         "jax-mixed_bfloat16-128px-b4", "torch-mixed_bfloat16-128px-b4",
-        "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos"]),
+        "tensorflow-float32-64px-b4", "tensorflow-float32-64px-b4-lanczos",
+        "tensorflow-float32-64px-b4-g32", "tensorflow-float32-64px-b4-g48"]),
     "speed-convs": lambda r: conv_ceiling(r, "tensorflow-mixed_bfloat16-256px-b4"),
     "speed-predict": lambda r: predict_speed(r, ["tensorflow-mixed_bfloat16-256px"]),
     "speed-predict-forward": lambda r: predict_forward(r, ["tensorflow-mixed_bfloat16-256px"]),
