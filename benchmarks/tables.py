@@ -396,6 +396,7 @@ CYCLE_20 = "twice the cycle weight (`lambda_cycle=20`)"
 HEAD_TEMPERATURE = "adaptive head weights (`disc_head_temperature=0.1`)"
 SPECTRAL = "spectrally normalised discriminators (`disc_norm=spectral`)"
 SPECTRAL_TTUR = "the same, discriminators' learning rate 4x (`learning_rate_d=8e-4`)"
+WIDER = "a wider generator (`gen_filters=48`)"
 FEATURE_MATCHING = "feature matching (`lambda_feature_match=10`)"
 MIND = "MIND structure term (`structure_kind=mind`, `lambda_structure=5`)"
 BEFORE_STRUCTURE = [("tune-noid-seed0", "full"), ("tune-noid-seed1", "full")]
@@ -433,6 +434,11 @@ TABLES = {
         (f"tune-featmatch-seed{seed}", "full", FEATURE_MATCHING, f"ablate-bce-seed{seed}", "no_kl")
         for seed in range(2)] + [
         ("head64-featmatch-seed0", "full", FEATURE_MATCHING, "head64-bce-ablate-seed0", "no_kl")]),
+    "quality-gen-width": lambda r: compared_rows(r, [
+        (f"tune-gen48-seed{seed}", "full", WIDER, f"ablate-bce-seed{seed}", "no_kl")
+        for seed in range(2)] + [
+        (f"head64-gen48-seed{seed}", "full", WIDER, f"head64-bce-ablate-seed{seed}", "no_kl")
+        for seed in range(2)]),
     "quality-spectral": lambda r: compared_rows(r, [
         ("tune-specnorm-seed0", "full", SPECTRAL, "ablate-bce-seed0", "no_kl"),
         ("head64-specnorm-seed0", "full", SPECTRAL, "head64-bce-ablate-seed0", "no_kl"),

@@ -68,7 +68,8 @@ class Config:
     # edges (a 3-degree rotation and back costs a phantom CT 23 HU against 64) but tied on
     # the quality benchmark (113 vs 114 HU, benchmarks/RESULTS.md)
     # --- generator (VAE encoder-decoder) ---------------------------------------
-    gen_filters: int = 32  # filters of the first encoder stage
+    gen_filters: int = 32  # filters of the first encoder stage; 48 (twice the FLOPs, 1.6x a
+    # step) tied at 2,000 steps on both phantoms (benchmarks/RESULTS.md)
     latent_downsample: int = 2  # latent is 1/latent_downsample of the image side; 2 beat 4 on
     # the phantom with the structure term on (114/110 vs 126/129 HU, benchmarks/RESULTS.md)
     gen_res_blocks: int = 4  # residual blocks in the encoder and again in the decoder
