@@ -125,7 +125,8 @@ def main() -> None:
     result = {
         "benchmark": "train", **common.machine(), "policy": policy,
         "jit_compile": bool(model.jit_compile), "augment_resampling": config.augment_resampling,
-        "gen_filters": config.gen_filters,
+        # recorded when asked for, as the name's -gN is: the table's reproduce command adds it
+        **({"gen_filters": config.gen_filters} if args.gen_filters else {}),
         "image_size": args.image_size, "slice_size": slice_size, "batch_size": args.batch_size,
         "steps": args.steps,
         **throughput(config, policy, with_pipeline, without_input),
