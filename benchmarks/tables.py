@@ -433,7 +433,8 @@ TABLES = {
     "quality-feature-matching": lambda r: compared_rows(r, [
         (f"tune-featmatch-seed{seed}", "full", FEATURE_MATCHING, f"ablate-bce-seed{seed}", "no_kl")
         for seed in range(2)] + [
-        ("head64-featmatch-seed0", "full", FEATURE_MATCHING, "head64-bce-ablate-seed0", "no_kl")]),
+        (f"head64-featmatch-seed{seed}", "full", FEATURE_MATCHING,
+         f"head64-bce-ablate-seed{seed}", "no_kl") for seed in range(2)]),
     "quality-gen-width": lambda r: compared_rows(r, [
         (f"tune-gen48-seed{seed}", "full", WIDER, f"ablate-bce-seed{seed}", "no_kl")
         for seed in range(2)] + [
