@@ -67,6 +67,14 @@ def training_flops_per_image(config: Config) -> int:
             + 2 * DISCRIMINATOR_PASSES * discriminator_forward_flops(config, side))
 
 
+def inference_passes(config: Config) -> int:
+    """Generator passes a predicted slice takes: two with mirror averaging (models/mirror.py),
+    times the stride with shift averaging (models/shifts.py; its padded passes are counted at
+    the slice's own side)."""
+    shifts = config.latent_downsample if config.shift_average else 1
+    return (2 if config.mirror_average else 1) * shifts
+
+
 def inference_flops_per_image(config: Config, side: int) -> int:
-    """A predicted slice: one generator pass, two with mirror averaging (models/mirror.py)."""
-    return (2 if config.mirror_average else 1) * generator_forward_flops(config, side)
+    """A predicted slice: ``inference_passes`` generator passes."""
+    return inference_passes(config) * generator_forward_flops(config, side)

@@ -50,8 +50,9 @@ epoch's checkpoint scored as the run is (MAE, PSNR, SSIM, by class), to show
 where a long run stops gaining. ``--rescore`` (with ``--keep``) scores the
 kept runs again with today's prediction code and rewrites the result file,
 keeping their training minutes. Each variant's ``mri2ct`` is what
-``predict`` returns (mirror-averaged, ``models/mirror.py``);
-``mri2ct_single_pass`` is the same run with one pass per slice.
+``predict`` returns (mirror-averaged, ``models/mirror.py``, and since
+2026-12-07 shift-averaged, ``models/shifts.py``: ``mri2ct_averaging`` says
+which); ``mri2ct_single_pass`` is the same run with one pass per slice.
 
     python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long
     python benchmarks/quality.py --steps 9000 --name long --keep ~/runs/long --resume
@@ -300,7 +301,8 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
     # 2-D SSIM, as every committed result (evaluate's default is SynthRAD's 3-D SSIM now)
     report = evaluate(test_root, test_root, run=run, batch_size=8, ssim_mode="2d")
     # what mirror averaging (models/mirror.py) adds: the same run with one pass per slice
-    single = evaluate(test_root, test_root, run=load_run(run_dir, mirror_average=False),
+    single = evaluate(test_root, test_root,
+                      run=load_run(run_dir, mirror_average=False, shift_average=False),
                       batch_size=8, ssim_mode="2d")["mean"] if run.config.mirror_average else None
     subjects = sorted(os.listdir(test_root))
     stds, errors, ct2mri, panels, tissues = [], [], [], [], ([], [], [])
@@ -324,6 +326,8 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
                        ct.voxels[level], error[level], sampled.std[level]])
     result = {
         "mri2ct": report["mean"],
+        "mri2ct_averaging": {key: report["model"][key] for key in ("mirror_average",
+                                                                   "shift_average")},
         "mri2ct_single_pass": single,
         "ct2mri_mae_units": float(np.mean(np.concatenate(ct2mri))),
         "uncertainty_spearman": (rank_correlation(np.concatenate(stds), np.concatenate(errors))

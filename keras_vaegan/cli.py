@@ -345,13 +345,16 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 
 # predict, evaluate and export: what the loaded model computes in (``load_run``)
 INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about 1.7x as fast on a CPU with native bf16; HU differ slightly; ONNX export is float32 only).")
-# predict and evaluate: one generator pass per slice (``load_run``'s mirror_average=False)
-SINGLE_PASS = click.option("--single-pass", is_flag=True, help="One pass per slice instead of the run's mirror average (the slice and its left-right mirror translated, the mirror's flipped back, the two averaged): 1.7x as fast, a few HU less accurate (benchmarks/RESULTS.md).")
+# predict and evaluate: one generator pass per slice (``load_run``'s mirror_average=False and
+# shift_average=False)
+SINGLE_PASS = click.option("--single-pass", is_flag=True, help="One pass per slice instead of the run's average of four (the slice and its left-right mirror, each also shifted by one pixel, translated, moved back and averaged): about 3x as fast, a few HU less accurate (benchmarks/RESULTS.md).")
 
 
-def _mirror_average(single_pass: bool) -> bool | None:
-    """``--single-pass`` as ``load_run``'s ``mirror_average`` (None: the run's own setting)."""
-    return False if single_pass else None
+def _averaging(single_pass: bool) -> dict:
+    """``--single-pass`` as ``load_run``'s ``mirror_average`` and ``shift_average`` (None: the
+    run's own settings)."""
+    off = False if single_pass else None
+    return {"mirror_average": off, "shift_average": off}
 
 
 @main.command()
@@ -384,7 +387,7 @@ def predict(input_path, output_dir, model_path, direction, samples, fmt, batch_s
         written = run_predict(input_path, output_dir, run=model_path, direction=direction,
                               samples=samples, fmt=fmt, batch_size=batch_size, progress=bar,
                               overwrite=overwrite, on_bad=on_bad if skip_bad else None,
-                              precision=precision, mirror_average=_mirror_average(single_pass))
+                              precision=precision, **_averaging(single_pass))
     finally:
         bar.close()
     if skipped is not None:
@@ -419,7 +422,7 @@ def evaluate(input_path, reference_path, mask_path, model_path, prediction_path,
         results = run_evaluate(input_path, reference_path, mask_path=mask_path, run=model_path,
                                prediction_path=prediction_path, json_path=json_path,
                                batch_size=batch_size, progress=bar, ssim_mode=ssim_mode,
-                               precision=precision, mirror_average=_mirror_average(single_pass))
+                               precision=precision, **_averaging(single_pass))
     finally:
         bar.close()
     click.echo(format_table(results))

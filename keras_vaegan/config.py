@@ -135,6 +135,10 @@ class Config:
     # of the translations of each slice and of its left-right mirror (models/mirror.py): a
     # second pass per slice; 6 HU better after 2,000 steps on the phantom, up to 30 HU at
     # earlier checkpoints (benchmarks/RESULTS.md)
+    shift_average: bool = True  # each of those passes is also the mean over the generator's
+    # phases (the slice as it is and padded by one pixel each side, models/shifts.py): twice
+    # the passes; 1-2 HU better than the mirror alone on the classic phantom, 1.5-7 on the
+    # head phantom, on every one of ten runs (benchmarks/RESULTS.md)
     # --- run ----------------------------------------------------------------------
     seed: int = 0
     mixed_precision: str = "auto"  # auto: float16 on GPU, bfloat16 on a bf16 CPU, else float32

@@ -96,6 +96,9 @@ def test_predict_fraction_is_of_the_peak_measured_in_the_same_run(measured, monk
                                  served={"call_seconds": 4.0, "seconds": 8.0})
     flops = inference_flops_per_image(config, 64)
     assert flops == 2 * inference_flops_per_image(config.replace(mirror_average=False), 64)
+    one_pass = inference_flops_per_image(config.replace(mirror_average=False, shift_average=False),
+                                         64)
+    assert flops == 2 * config.latent_downsample * one_pass  # the mirror's two, the stride's phases
     assert calls == [("bfloat16", bench_peak.MIN_PEAK_SIDE, 2, bench_peak.PEAK_CHANNELS)]
     assert report["peak_gflops"] == MEASURED and report["peak_dtype"] == "bfloat16"
     assert report["flops_per_slice"] == flops

@@ -164,10 +164,11 @@ def test_evaluate_with_a_model_translates_the_mri(tmp_path):
     assert row["subject"] == "000" and row["prediction"].startswith("model ")
     assert 0 < row["mae_hu"] < 4024 and np.isfinite(row["psnr_db"]) and -1 <= row["ssim"] <= 1
     assert results["model"] == {"run": str(tmp_path / "run"), "policy": "float32",
-                                "mirror_average": True}
+                                "mirror_average": True, "shift_average": True}
     single = evaluate(tmp_path / "data", tmp_path / "data", run=tmp_path / "run",
-                      mirror_average=False)
+                      mirror_average=False, shift_average=False)
     assert single["model"]["mirror_average"] is False
+    assert single["model"]["shift_average"] is False
     assert single["subjects"][0]["mae_hu"] != row["mae_hu"]  # one pass, not the mirror average
 
 

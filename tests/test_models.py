@@ -608,6 +608,71 @@ def test_mirror_averaged_is_the_mean_of_a_pass_and_its_mirrored_pass():
     np.testing.assert_array_equal(to_np(mirror_averaged(forward, x, enabled=False)), x + columns)
 
 
+def test_shift_averaged_moves_each_pass_back_to_where_it_was():
+    """Each phase's pass is cropped back into place: a pass that marks the pixels at even
+    positions of its own grid marks, averaged over the stride's diagonal phases, the pixels
+    whose row and column have the same parity, each by half; a pass that ignores the grid
+    (the identity) comes back unchanged."""
+    from keras_vaegan.models.shifts import shift_averaged
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 6, 8, 3)).astype("float32")
+    even = np.zeros((1, 6, 8, 1), "float32")
+    even[:, ::2, ::2] = 1.0  # the sides stay multiples of the stride, so this fits every pass
+
+    def on_grid(images):
+        rows, cols = images.shape[1], images.shape[2]
+        grid = np.zeros((1, rows, cols, 1), "float32")
+        grid[:, ::2, ::2] = 1.0
+        return images * grid
+
+    rows, cols = np.indices((6, 8))
+    same_parity = ((rows % 2) == (cols % 2)).astype("float32")[None, :, :, None]
+    np.testing.assert_allclose(to_np(shift_averaged(on_grid, x, 2)), x * same_parity / 2,
+                               atol=1e-6)
+    np.testing.assert_allclose(to_np(shift_averaged(lambda images: images, x, 2)), x, atol=1e-6)
+    np.testing.assert_array_equal(to_np(shift_averaged(on_grid, x, 2, enabled=False)), x * even)
+    np.testing.assert_array_equal(to_np(shift_averaged(on_grid, x, 1)), x * even)
+
+
+def test_shift_average_is_what_every_prediction_path_returns(tiny_config):
+    """model.translate and predict's compiled pass average, for each of the mirror's two
+    passes, the generator's passes at every diagonal phase p below its stride (the slice padded
+    by p reflected pixels before and stride - p after, cropped back); off, they are the mirror
+    average alone."""
+    from conftest import ring_batch
+
+    from keras_vaegan.inference.compiled import compiled_translation
+    from keras_vaegan.models.vaecyclegan import VAECycleGAN
+
+    keras.utils.set_random_seed(0)
+    model = VAECycleGAN(tiny_config.replace(mirror_average=True, shift_average=True))
+    model.compile()
+    stride = model.total_stride
+    assert stride > 1
+    mri, _ = ring_batch(32)
+    mri = np.roll(mri, 5, axis=2)
+
+    def one_pass(x):
+        return to_np(model.g_ct(np.ascontiguousarray(x), training=False, sample=False)[0])
+
+    def shifted(x):
+        total = one_pass(x)
+        for p in range(1, stride):
+            padded = np.pad(x, [(0, 0), (p, stride - p), (p, stride - p), (0, 0)],
+                            mode="reflect")
+            total = total + one_pass(padded)[:, p:p - stride, p:p - stride]
+        return total / stride
+
+    expected = (shifted(mri) + shifted(mri[:, :, ::-1])[:, :, ::-1]) / 2
+    compiled = compiled_translation(model, "mri2ct", mri.shape[:3], sample=False)
+    np.testing.assert_allclose(compiled(mri), expected[..., 0], atol=5e-5)
+    np.testing.assert_allclose(to_np(model.translate(mri)), expected, atol=5e-5)
+    mirror_only = (one_pass(mri) + one_pass(mri[:, :, ::-1])[:, :, ::-1]) / 2
+    assert np.abs(expected - mirror_only).max() > 1e-3  # the phases differ on this generator
+    model.settings = model.settings.replace(shift_average=False)
+    np.testing.assert_allclose(to_np(model.translate(mri)), mirror_only, atol=5e-5)
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_mirror_average_makes_every_prediction_path_mirror_symmetric(tiny_config, enabled):
     """model.translate and predict's compiled pass: the prediction of a mirrored slice is the
@@ -618,7 +683,7 @@ def test_mirror_average_makes_every_prediction_path_mirror_symmetric(tiny_config
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
     keras.utils.set_random_seed(0)
-    model = VAECycleGAN(tiny_config.replace(mirror_average=enabled))
+    model = VAECycleGAN(tiny_config.replace(mirror_average=enabled, shift_average=False))
     model.compile()
     mri, _ = ring_batch(32)
     mri = np.roll(mri, 5, axis=2)  # off-centre, so the image is not its own mirror

@@ -118,41 +118,60 @@ def test_translate_slices_batches_keep_order_and_match_single(loaded):
         np.testing.assert_allclose(mean, single, atol=1e-4)
 
 
-def test_load_run_can_turn_mirror_averaging_off(run_dir):
-    """A run predicts mirror-averaged unless loaded with ``mirror_average=False``: one pass."""
+def test_load_run_can_turn_mirror_and_shift_averaging_off(run_dir):
+    """A run predicts mirror- and shift-averaged unless loaded with ``mirror_average=False``
+    and ``shift_average=False``: one pass; each can be turned off alone."""
     image = _mri(32, 40).astype(np.float32) / 500.0 - 1.0
     image[:, :7] = -1.0  # air on one side only: the slice is not its own mirror
-    default, single = load_run(str(run_dir)), load_run(str(run_dir), mirror_average=False)
+    default = load_run(str(run_dir))
+    single = load_run(str(run_dir), mirror_average=False, shift_average=False)
+    mirror_only = load_run(str(run_dir), shift_average=False)
     assert default.model.settings.mirror_average and default.config.mirror_average
+    assert default.model.settings.shift_average and default.config.shift_average
     assert not single.model.settings.mirror_average and not single.config.mirror_average
+    assert not single.model.settings.shift_average and not single.config.shift_average
     net = single.model.g_ct
-    one_pass = np.asarray(net(image[None, :, :, None], training=False, sample=False)[0])[0, ..., 0]
-    of_mirror = np.asarray(net(image[None, :, ::-1, None].copy(), training=False,
-                               sample=False)[0])[0, :, ::-1, 0]
+
+    def one(x):
+        return np.asarray(net(np.ascontiguousarray(x)[None, :, :, None], training=False,
+                              sample=False)[0])[0, ..., 0]
+
+    stride = single.model.total_stride
+
+    def phases(x):  # every diagonal phase p < stride (p reflected pixels before), cropped back
+        return sum(one(np.pad(x, (p, (stride - p) % stride), mode="reflect"))
+                   [p:p + x.shape[0], p:p + x.shape[1]] for p in range(stride)) / stride
+
+    one_pass, of_mirror = one(image), one(image[:, ::-1])[:, ::-1]
     np.testing.assert_allclose(translate_slice(single.model, image)[0], one_pass, atol=5e-5)
-    np.testing.assert_allclose(translate_slice(default.model, image)[0],
+    np.testing.assert_allclose(translate_slice(mirror_only.model, image)[0],
                                (one_pass + of_mirror) / 2, atol=5e-5)
+    np.testing.assert_allclose(translate_slice(default.model, image)[0],
+                               (phases(image) + phases(image[:, ::-1])[:, ::-1]) / 2, atol=5e-5)
     assert np.abs(one_pass - of_mirror).max() > 1e-3
+    assert np.abs(phases(image) - one_pass).max() > 1e-3
 
 
 def test_predict_single_pass_writes_the_one_pass_translation(tmp_path, run_dir):
-    """``predict(..., mirror_average=False)`` (the CLI's ``--single-pass``) writes one pass;
-    a run already loaded the other way is refused rather than silently reloaded."""
+    """``predict(..., mirror_average=False, shift_average=False)`` (the CLI's
+    ``--single-pass``) writes one pass; a run already loaded the other way is refused rather
+    than silently reloaded."""
     image = _mri(32, 40)
     image[:, :7] = 0  # air on one side only: the slice is not its own mirror
     np.save(tmp_path / "a.npy", image)
-    single = load_run(str(run_dir), mirror_average=False)
+    off = dict(mirror_average=False, shift_average=False)
+    single = load_run(str(run_dir), **off)
     written = {}
-    for name, mirror in (("single", False), ("default", None)):
-        predict(tmp_path / "a.npy", tmp_path / name, run=str(run_dir), fmt="npy",
-                mirror_average=mirror)
+    for name, averaging in (("single", off), ("default", {})):
+        predict(tmp_path / "a.npy", tmp_path / name, run=str(run_dir), fmt="npy", **averaging)
         written[name] = np.load(tmp_path / name / "a.npy")
-    predict(tmp_path / "a.npy", tmp_path / "loaded", run=single, fmt="npy", mirror_average=False)
+    predict(tmp_path / "a.npy", tmp_path / "loaded", run=single, fmt="npy", **off)
     np.testing.assert_array_equal(np.load(tmp_path / "loaded" / "a.npy"), written["single"])
     assert np.abs(written["single"] - written["default"]).max() > 1.0  # HU
-    with pytest.raises(VAEGANError, match="mirror_average=False"):
-        predict(tmp_path / "a.npy", tmp_path / "refused", run=single, fmt="npy",
-                mirror_average=True)
+    for key in off:
+        with pytest.raises(VAEGANError, match=f"{key}=False"):
+            predict(tmp_path / "a.npy", tmp_path / "refused", run=single, fmt="npy",
+                    **{key: True})
     assert not (tmp_path / "refused").exists()
 
 

@@ -310,6 +310,7 @@ def test_head_phantom_benchmark_runs_end_to_end_and_scores_ssim_in_2d(tmp_path, 
         [str(tmp_path / "quality-head64-seed0.json")]).splitlines()[2]
     single = full["mri2ct_single_pass"]
     assert single["mae_hu"] != full["mri2ct"]["mae_hu"]  # an untrained generator is not symmetric
+    assert full["mri2ct_averaging"] == {"mirror_average": True, "shift_average": True}
 
     # --rescore: the kept run scored again, nothing trained, its training minutes kept
     monkeypatch.setattr(sys, "argv", sys.argv + ["--rescore"])

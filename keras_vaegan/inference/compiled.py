@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_vaegan import backends
-from keras_vaegan.models.mirror import mirror_averaged, translated
+from keras_vaegan.models.mirror import averaged, translated
 
 MAX_CACHED = 32  # compiled functions kept per model (each holds a traced graph)
 _CACHE: "weakref.WeakKeyDictionary[object, dict[tuple, CompiledTranslation]]" = \
@@ -37,6 +37,11 @@ def mirrors(model) -> bool:
     return bool(getattr(getattr(model, "settings", None), "mirror_average", False))
 
 
+def shifts(model) -> bool:
+    """Whether the model's predictions are shift-averaged (``config.shift_average``)."""
+    return bool(getattr(getattr(model, "settings", None), "shift_average", False))
+
+
 def generator_of(model, direction: str):
     """The generator a direction runs (``g_ct`` for mri2ct), or None for a duck-typed model."""
     return getattr(model, "g_ct" if direction == "mri2ct" else "g_mri", None)
@@ -51,10 +56,12 @@ class CompiledTranslation:
     """
 
     def __init__(self, net, shape: tuple[int, int, int], sample: bool, channels: int = 1,
-                 mirror: bool = False):
+                 mirror: bool = False, shift: bool = False):
         self.shape, self.sample, self.traces = shape, sample, 0
         self.channels = int(channels)
         self.mirror = bool(mirror)  # mirror-averaged (models.mirror): two passes per batch
+        self.shift = bool(shift)  # and shift-averaged (models.shifts): the stride's passes each
+        self.stride = int(getattr(net, "total_stride", 1))
         self.input_shape = shape + (self.channels,)
         self._run = backends.get().compiled_forward(self, net)
 
@@ -64,12 +71,12 @@ class CompiledTranslation:
         return self.translated(net, images)
 
     def translated(self, net, images):
-        """The generator's translation of ``images``, mirror-averaged if ``mirror``."""
-        return translated(net, images, self.sample, self.mirror)
+        """The generator's translation of ``images``, mirror- and shift-averaged as set."""
+        return translated(net, images, self.sample, self.mirror, self.shift)
 
     def averaged(self, forward, images):
-        """``forward(images)``, mirror-averaged if ``mirror`` (for a backend's own pass)."""
-        return mirror_averaged(forward, images, self.mirror)
+        """``forward(images)``, mirror- and shift-averaged as set (for a backend's own pass)."""
+        return averaged(forward, images, self.mirror, self.shift, self.stride)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if images.shape != self.input_shape:
@@ -94,5 +101,5 @@ def compiled_translation(model, direction: str, shape: tuple[int, int, int],
         if len(functions) >= MAX_CACHED:  # a folder of many slice sizes: drop the oldest
             del functions[next(iter(functions))]
         functions[key] = CompiledTranslation(net, key[1], key[2], channels=context_of(model),
-                                             mirror=mirrors(model))
+                                             mirror=mirrors(model), shift=shifts(model))
     return functions[key]

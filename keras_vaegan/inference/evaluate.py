@@ -55,7 +55,8 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
              prediction_path: str | os.PathLike | None = None,
              json_path: str | os.PathLike | None = None, batch_size: int = 4,
              progress: Progress | None = None, ssim_mode: str = DEFAULT_SSIM,
-             precision: str | None = None, mirror_average: bool | None = None) -> dict:
+             precision: str | None = None, mirror_average: bool | None = None,
+             shift_average: bool | None = None) -> dict:
     """Score synthetic CT against reference CT per subject; return the results (and write JSON).
 
     ``input_path``: MRI to translate with ``run`` (a ``LoadedRun``, a run
@@ -64,11 +65,12 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     without it, a SynthRAD ``mask`` image in the reference folder or beside
     the reference file is used, else the body mask reference > -500 HU.
     ``ssim_mode``: "synthrad" (default) or "2d". ``precision``: what the
-    model computes in (``load_run``; default float32); ``mirror_average``: False
-    for one pass per slice (``load_run``). ``progress(done, total)`` is
-    called after each subject. Returns ``{"subjects": [...], "mean": {...},
-    "conventions": {...}}``, and ``"model"`` (its run folder, precision policy
-    and mirror averaging) when a model translated.
+    model computes in (``load_run``; default float32); ``mirror_average`` and
+    ``shift_average``: both False for one pass per slice (``load_run``).
+    ``progress(done, total)`` is called after each subject. Returns
+    ``{"subjects": [...], "mean": {...}, "conventions": {...}}``, and
+    ``"model"`` (its run folder, precision policy, mirror and shift averaging)
+    when a model translated.
     """
     if (input_path is None) == (prediction_path is None):
         raise VAEGANError(None, "give --input (MRI to translate with a model) or --prediction "
@@ -83,7 +85,7 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     subjects = pair_subjects(reference_path, input_path=input_path,
                              prediction_path=prediction_path, mask_path=mask_path)
     loaded = (None if prediction_path is not None
-              else _load_hu_run(run, precision, mirror_average))
+              else _load_hu_run(run, precision, mirror_average, shift_average))
     rows = []
     for done, subject in enumerate(subjects, start=1):
         rows.append(_score_subject(subject, loaded, batch_size, ssim_mode))
@@ -92,16 +94,18 @@ def evaluate(input_path: str | os.PathLike | None, reference_path: str | os.Path
     results = {"subjects": rows, "mean": _mean(rows), "conventions": _conventions(ssim_mode)}
     if loaded is not None:  # how the synthetic CT was made, so a results file says it
         results["model"] = {"run": loaded.run_dir, "policy": loaded.policy,
-                            "mirror_average": bool(loaded.config.mirror_average)}
+                            "mirror_average": bool(loaded.config.mirror_average),
+                            "shift_average": bool(loaded.config.shift_average)}
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(strict_json(results), indent=2) + "\n")
     return results
 
 
-def _load_hu_run(run, precision: str | None, mirror_average: bool | None):
+def _load_hu_run(run, precision: str | None, mirror_average: bool | None,
+                 shift_average: bool | None):
     from keras_vaegan.inference.runs import run_for
 
-    loaded = run_for(run, precision, mirror_average)
+    loaded = run_for(run, precision, mirror_average, shift_average)
     if loaded.config.ct_units != "hu":
         raise VAEGANError(loaded.run_dir, "this run was trained on 8-bit CT, which holds no "
                                           "Hounsfield units; evaluate needs a run trained on HU")

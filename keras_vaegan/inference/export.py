@@ -26,8 +26,9 @@ values of each image in the batch; of a stack's centre slice for K > 1), CT by
 the run's HU window; the image is padded evenly with air (-1) to a multiple
 of the generator's stride, translated with ``z = mu`` (the mean of the
 translations of the image and of its mirror, mirrored back, unless the run's
-``mirror_average`` is off: ``models/mirror.py``), cropped back and mapped to
-output units. The
+``mirror_average`` is off: ``models/mirror.py``; each of them the mean over
+the generator's phases unless ``shift_average`` is off: ``models/shifts.py``),
+cropped back and mapped to output units. The
 arithmetic of the maps runs in float64, as ``data/units.py`` does. Each image
 of a batch is normalised on its own; the images of one request must share
 height and width (send different sizes as separate requests).
@@ -58,7 +59,7 @@ import tempfile
 from keras_vaegan.backends.layer_calls import replaced_calls
 from keras_vaegan.data.units import AIR_UNIT
 from keras_vaegan.errors import VAEGANError
-from keras_vaegan.inference.compiled import mirrors
+from keras_vaegan.inference.compiled import mirrors, shifts
 from keras_vaegan.io.atomic import durable_rename
 from keras_vaegan.models.mirror import translated
 
@@ -165,7 +166,8 @@ class ServingModule:
         self.output_maps = {"mri": output_map("mri", config)[1], "ct": output_map("ct", config)[1]}
         self.samples = int(samples)
         self.generators = {"mri2ct": model.g_ct, "ct2mri": model.g_mri}
-        self.mirror = mirrors(model)  # as predict's compiled pass reads it
+        self.mirror = mirrors(model)  # as predict's compiled pass reads them
+        self.shift = shifts(model)
         self.channels = input_channels(model)
         self.centre = self.channels // 2
 
@@ -221,8 +223,9 @@ class ServingModule:
                 std * tf.constant((out_map.high - out_map.low) / 2.0, tf.float32))
 
     def generated(self, padded, direction: str, sample: bool):
-        """The generator's pass as ``predict`` runs it (mirror-averaged unless the run says not)."""
-        return translated(self.generators[direction], padded, sample, self.mirror)
+        """The generator's pass as ``predict`` runs it (mirror- and shift-averaged unless the run
+        says not)."""
+        return translated(self.generators[direction], padded, sample, self.mirror, self.shift)
 
     def centre_slice(self, stacks):
         """``[b, h, w, K]`` -> its centre channel ``[b, h, w, 1]`` (the slice being translated)."""

@@ -83,7 +83,8 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             samples: int = 1, fmt: str = "same", batch_size: int = 4,
             progress: Progress | None = None, overwrite: bool = False,
             on_bad: readers.BadFileHandler | None = None,
-            precision: str | None = None, mirror_average: bool | None = None) -> list[str]:
+            precision: str | None = None, mirror_average: bool | None = None,
+            shift_average: bool | None = None) -> list[str]:
     """Translate every slice and volume under ``input_path`` into ``output_dir``; return the paths.
 
     Before the model is loaded, the options and the output folder are
@@ -95,8 +96,8 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     translated, or, with ``on_bad``, left out as bad (reported to it).
     ``progress(done, total)`` is called as slices are translated.
     ``precision``: what the model computes in (``load_run``; default float32);
-    ``mirror_average``: False for one pass per slice, 1.7x as fast (``load_run``;
-    None: the run's own setting).
+    ``mirror_average`` and ``shift_average``: both False for one pass per
+    slice (``load_run``; None: the run's own setting).
     """
     if isinstance(progress, bool):  # the old on/off flag: the library no longer prints
         progress = None
@@ -104,7 +105,7 @@ def predict(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     input_path, output_dir = os.fspath(input_path), os.fspath(output_dir)
     check_output_folder(output_dir)
     inputs = find_prediction_inputs(input_path, direction, fmt, on_bad)
-    run = run_for(run, precision, mirror_average)
+    run = run_for(run, precision, mirror_average, shift_average)
     plan = plan_prediction(inputs, output_dir, config=run.config,
                            stride=int(run.model.total_stride), direction=direction, fmt=fmt,
                            samples=samples, overwrite=overwrite, on_bad=on_bad)

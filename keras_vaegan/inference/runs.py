@@ -61,7 +61,8 @@ def find_newest_run(root: str | os.PathLike = DEFAULT_RUNS_ROOT) -> str:
 
 
 def load_run(run_dir: str | os.PathLike | None = None, precision: str = "off",
-             mirror_average: bool | None = None) -> LoadedRun:
+             mirror_average: bool | None = None,
+             shift_average: bool | None = None) -> LoadedRun:
     """Load a run's config.json and model.keras (``None``: the newest run under savedmodels/).
 
     A path to the ``model.keras`` file itself is accepted too. ``precision``
@@ -70,8 +71,9 @@ def load_run(run_dir: str | os.PathLike | None = None, precision: str = "off",
     depend on the CPU), ``bfloat16``, ``float16`` or ``auto``.
     ``mirror_average`` (None: the run's own setting, on unless it was trained
     with it off) decides whether predictions average each slice's translation
-    with its mirror's (``models/mirror.py``); False makes a prediction
-    1.7x as fast (benchmarks/README.md).
+    with its mirror's (``models/mirror.py``), ``shift_average`` (the same)
+    whether each of those passes is the mean over the generator's phases
+    (``models/shifts.py``); both False make a prediction one pass per slice.
     """
     if run_dir is None:
         run_dir = find_newest_run()
@@ -92,32 +94,37 @@ def load_run(run_dir: str | os.PathLike | None = None, precision: str = "off",
     config = Config.load(config_path, saved_run=True)
     with policy_scope(precision) as policy:
         model = _load_model(model_path)
-    if mirror_average is not None:  # the model's settings are what its prediction passes read
-        config = config.replace(mirror_average=bool(mirror_average))
-        model.settings = model.settings.replace(mirror_average=bool(mirror_average))
+    chosen = {key: bool(value) for key, value in (("mirror_average", mirror_average),
+                                                  ("shift_average", shift_average))
+              if value is not None}
+    if chosen:  # the model's settings are what its prediction passes read
+        config = config.replace(**chosen)
+        model.settings = model.settings.replace(**chosen)
     return LoadedRun(model=model, config=config, run_dir=run_dir, policy=policy)
 
 
 def run_for(run: LoadedRun | str | os.PathLike | None, precision: str | None,
-            mirror_average: bool | None = None) -> LoadedRun:
+            mirror_average: bool | None = None,
+            shift_average: bool | None = None) -> LoadedRun:
     """``run`` loaded in ``precision`` (None: float32), or as given when it is loaded already.
 
-    ``mirror_average`` as in ``load_run`` (None: the run's own setting). A
-    loaded run is used as it was loaded; asking for another precision or
-    mirror averaging is an error rather than a silent reload.
+    ``mirror_average`` and ``shift_average`` as in ``load_run`` (None: the
+    run's own setting). A loaded run is used as it was loaded; asking for
+    another precision or averaging is an error rather than a silent reload.
     """
     if not isinstance(run, LoadedRun):
-        return load_run(run, precision or "off", mirror_average)
+        return load_run(run, precision or "off", mirror_average, shift_average)
     if precision is not None:
         wanted = resolve_policy(precision)
         if wanted != run.policy:
             raise VAEGANError(run.run_dir, f"this run was loaded as {run.policy}, not {wanted}; "
                                            f"load it with load_run(..., precision="
                                            f"{precision!r})")
-    if mirror_average is not None and bool(mirror_average) != bool(run.config.mirror_average):
-        raise VAEGANError(run.run_dir, f"this run was loaded with mirror_average="
-                                       f"{bool(run.config.mirror_average)}; load it with "
-                                       f"load_run(..., mirror_average={bool(mirror_average)})")
+    for key, wanted in (("mirror_average", mirror_average), ("shift_average", shift_average)):
+        loaded = bool(getattr(run.config, key))
+        if wanted is not None and bool(wanted) != loaded:
+            raise VAEGANError(run.run_dir, f"this run was loaded with {key}={loaded}; load it "
+                                           f"with load_run(..., {key}={bool(wanted)})")
     return run
 
 

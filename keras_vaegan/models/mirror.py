@@ -10,7 +10,9 @@ either: 5-6 HU at the end of two runs, 4-30 HU at earlier checkpoints
 forward pass and makes the prediction exactly mirror-symmetric (``predict``
 of a mirrored slice is the mirrored prediction). Prediction, evaluation,
 export and the snapshots all translate through ``translated``, so they
-agree; training does not (its losses see single passes).
+agree; training does not (its losses see single passes). With shift
+averaging (``models.shifts``) each of the two passes is itself the mean over
+the generator's phases.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+
+from keras_vaegan.models.shifts import shift_averaged
 
 COLUMNS = 2  # [batch, rows, cols, channels]: a left-right mirror reverses the columns
 
@@ -42,10 +46,17 @@ def mirror_averaged(forward: Callable, images, enabled: bool = True):
     return keras.ops.multiply(keras.ops.add(direct, mirrored), keras.ops.cast(0.5, direct.dtype))
 
 
-def translated(net, images, sample: bool, enabled: bool):
+def averaged(forward: Callable, images, mirror: bool, shifts: bool, stride: int):
+    """``forward`` mirror-averaged if ``mirror``, each pass shift-averaged over ``stride`` if ``shifts``."""
+    return mirror_averaged(lambda x: shift_averaged(forward, x, stride, shifts), images, mirror)
+
+
+def translated(net, images, sample: bool, enabled: bool, shifts: bool = False):
     """A generator's translated image (``z = mu`` unless ``sample``), mirror-averaged if enabled.
 
-    The one prediction pass ``VAECycleGAN.translate``, predict's compiled
-    pass and the export's serving graph all run.
+    With ``shifts`` also averaged over the generator's phases
+    (``models.shifts``). The one prediction pass ``VAECycleGAN.translate``,
+    predict's compiled pass and the export's serving graph all run.
     """
-    return mirror_averaged(lambda x: net(x, training=False, sample=sample)[0], images, enabled)
+    return averaged(lambda x: net(x, training=False, sample=sample)[0], images, enabled, shifts,
+                    getattr(net, "total_stride", 1))

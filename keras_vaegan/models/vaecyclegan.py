@@ -126,11 +126,13 @@ class VAECycleGAN(keras.Model):
     def translate(self, images, direction: str = "mri2ct", sample: bool = False):
         """Stacks [b, h, w, K] in [-1, 1] -> translated stacks [b, h, w, K] (z = mu unless sample).
 
-        Mirror-averaged (``models.mirror``) unless the config's
-        ``mirror_average`` is off: what ``predict`` returns.
+        Mirror-averaged (``models.mirror``) and shift-averaged
+        (``models.shifts``) unless the config's ``mirror_average`` and
+        ``shift_average`` are off: what ``predict`` returns.
         """
         net = self.g_ct if direction == "mri2ct" else self.g_mri
-        return translated(net, images, sample, self.settings.mirror_average)
+        return translated(net, images, sample, self.settings.mirror_average,
+                          self.settings.shift_average)
 
     @property
     def generator_updates(self) -> list:
