@@ -418,6 +418,8 @@ TABLES = {
         ("cpu-long-vae-s96-seed0", "full", "long recipe, 96 training subjects"),
         ("cpu-long-vae-ema-seed0", "full", "long recipe with a weight average (EMA 0.999)"),
         ("cpu-long-vae-ema-seed1", "full", "long recipe with a weight average (EMA 0.999)"),
+        ("cpu-long-det-ema-seed0", "full", "defaults for 9,000 steps with a weight average "
+         "(EMA 0.999)"),
     ]),
     "quality-mind": lambda r: compared_rows(r, [
         (f"mind5-seed{seed}", "full", MIND, f"ablate-bce-seed{seed}", "no_kl") for seed in range(3)
@@ -457,6 +459,8 @@ TABLES = {
           "(CPU, bf16, in two pieces; mirror-averaged)"),
          ("cpu-long-det-seed0", "full", "defaults for 9,000 steps (CPU, bf16, in two pieces)"),
          ("cpu-long-det-seed1", "full", "defaults for 9,000 steps (CPU, bf16, in three pieces)"),
+         ("cpu-long-det-ema-seed0", "full", "defaults for 9,000 steps, weight average "
+          "`ema_momentum=0.999` (CPU, bf16; mirror-averaged)"),
          ] + VAE_DEFAULTS + [
         (f"ablate-bce-seed{seed}", "single_head", SINGLE_HEAD) for seed in range(2)
     ] + LSGAN_DEFAULTS + [
@@ -522,6 +526,8 @@ TABLES = {
         ("cpu-long-vae-ema-seed0", "full", "long recipe + EMA 0.999, seed 0 (CPU, one pass)",
          "mri2ct_single_pass"),
         ("cpu-long-vae-ema-seed1", "full", "long recipe + EMA 0.999, seed 1 (CPU, one pass)",
+         "mri2ct_single_pass"),
+        ("cpu-long-det-ema-seed0", "full", "defaults + EMA 0.999, seed 0 (CPU, one pass)",
          "mri2ct_single_pass")]),
     "anatomy-floor": lambda r: anatomy_floor(r, [("ablate-ld2-seed0", "seed 0"),
                                                  ("ablate-ld2-seed1", "seed 1")]),
