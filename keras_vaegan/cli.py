@@ -347,7 +347,7 @@ def fit(data_root, mri_dir, ct_dir, image_size, epochs, steps_per_epoch, batch_s
 INFERENCE_PRECISION = click.option("--mixed-precision", "precision", type=click.Choice(MIXED_PRECISION), default="off", show_default=True, help="What the model computes in: off (float32; the values do not depend on the machine), or bfloat16 / float16 / auto for speed (bfloat16 is about 1.7x as fast on a CPU with native bf16; HU differ slightly; ONNX export is float32 only).")
 # predict and evaluate: one generator pass per slice (``load_run``'s mirror_average=False and
 # shift_average=False)
-SINGLE_PASS = click.option("--single-pass", is_flag=True, help="One pass per slice instead of the run's average of four (the slice and its left-right mirror, each also shifted by one pixel, translated, moved back and averaged): about 3x as fast, a few HU less accurate (benchmarks/RESULTS.md).")
+SINGLE_PASS = click.option("--single-pass", is_flag=True, help="One pass per slice instead of the run's average of four (the slice and its left-right mirror, each also shifted by one pixel, translated, moved back and averaged): up to 4x as fast, 4-14 HU less accurate on the phantoms (benchmarks/RESULTS.md).")
 
 
 def _averaging(single_pass: bool) -> dict:
