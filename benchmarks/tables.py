@@ -92,7 +92,7 @@ def _before_after(one: dict, both: dict):
 
 
 def mirror_rows(results: Results, rows: list[tuple[str, str, str]]) -> str:
-    """One pass per slice against predict's mirror average, the same weights (each 'a -> b').
+    """One pass per slice against the mirror average, the same weights (each 'a -> b').
 
     Each run's kept checkpoints (its ``trajectory``) follow it, where they
     were scored both ways; the last of them is the run itself.
@@ -379,7 +379,7 @@ def data_scale(results: Results, name: str) -> str:
 # The defaults are the deterministic latent since issue 27: the benchmark's no_kl variant.
 DEFAULTS = [(f"ablate-bce-seed{seed}", "no_kl", "defaults, one pass per slice (an earlier run)")
             for seed in range(3)]
-MIRRORED = ("defaults-kept-seed0", "full", "**defaults** (predict's mirror average)")
+MIRRORED = ("defaults-kept-seed0", "full", "**defaults** (mirror-averaged)")
 ONE_PASS = ("defaults-kept-seed0", "full@single_pass", "the same run, one pass per slice")
 VAE = "VAE latent (`vae_sampling`, `beta_kl=1e-3`: the defaults before)"
 VAE_DEFAULTS = [(f"bce-seed{seed}", "full", VAE) for seed in range(3)]

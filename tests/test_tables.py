@@ -55,7 +55,7 @@ def test_a_changed_figure_fails_the_check_and_a_rewrite_fixes_it(tmp_path):
     assert (root / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()  # --check writes nothing
 
     assert _tables("--root", str(root)).returncode == 0
-    assert ("| **defaults** (predict's mirror average) | 0 | 2000 | 88 | 27.8 | 0.93 |"
+    assert ("| **defaults** (mirror-averaged) | 0 | 2000 | 88 | 27.8 | 0.93 |"
             in (root / "README.md").read_text(encoding="utf-8"))
     assert _tables("--check", "--root", str(root)).returncode == 0
 
