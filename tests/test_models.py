@@ -508,8 +508,9 @@ def test_judge_mean_shows_the_discriminators_what_predict_returns(tiny_config, j
     from keras_vaegan.models.vaecyclegan import VAECycleGAN
 
     keras.utils.set_random_seed(0)
-    # one pass per slice: the mirror average is prediction's, never training's
-    model = VAECycleGAN(tiny_config.replace(**VAE, judge_mean=judge_mean, mirror_average=False))
+    # one pass per slice: the mirror and shift averages are prediction's, never training's
+    model = VAECycleGAN(tiny_config.replace(**VAE, judge_mean=judge_mean, mirror_average=False,
+                                            shift_average=False))
     model.compile()
     mri, ct = ring_batch(32)
     _, terms, (fake_ct, fake_mri) = model.generator_objective(mri, ct, training=True)
