@@ -300,10 +300,11 @@ def score_variant(run_dir: str, test_root: str, figure: str | None,
     run = load_run(run_dir)
     # 2-D SSIM, as every committed result (evaluate's default is SynthRAD's 3-D SSIM now)
     report = evaluate(test_root, test_root, run=run, batch_size=8, ssim_mode="2d")
-    # what mirror averaging (models/mirror.py) adds: the same run with one pass per slice
+    # what mirror and shift averaging (models/mirror.py, shifts.py) add: one pass per slice
+    averaging = run.config.mirror_average or run.config.shift_average
     single = evaluate(test_root, test_root,
                       run=load_run(run_dir, mirror_average=False, shift_average=False),
-                      batch_size=8, ssim_mode="2d")["mean"] if run.config.mirror_average else None
+                      batch_size=8, ssim_mode="2d")["mean"] if averaging else None
     subjects = sorted(os.listdir(test_root))
     stds, errors, ct2mri, panels, tissues = [], [], [], [], ([], [], [])
     for subject in subjects:
